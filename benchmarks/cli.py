@@ -1,0 +1,28 @@
+"""`idproxy bench NAME`: dispatch to one benchmark module.
+
+A benchmark module provides ``add_arguments(parser)`` and ``run(args, settings) -> int``,
+keeps its top-level imports light, prints a table and ends with one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+
+from idproxy.settings import Settings
+
+BENCHMARKS: dict[str, tuple[str, str]] = {
+    "encoder": ("benchmarks.bench_encoder", "items/s of the default encoder; proxy-path overhead"),
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="benchmark", metavar="BENCHMARK", required=True)
+    for name, (module, help_text) in BENCHMARKS.items():
+        sp = sub.add_parser(name, help=help_text, description=help_text)
+        sp.set_defaults(_bench_module=module)
+        importlib.import_module(module).add_arguments(sp)
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    return int(importlib.import_module(args._bench_module).run(args, settings) or 0)

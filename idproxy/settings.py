@@ -1,0 +1,176 @@
+"""The one home of configuration: pydantic-settings, `IDPROXY_*` env vars, an optional file.
+
+Precedence (highest first): explicit keyword arguments, environment variables, the config
+file named by ``IDPROXY_CONFIG_FILE`` (TOML, JSON or YAML), then the defaults below.
+
+Env vars address a section and a field with one underscore after the prefix, e.g.
+``IDPROXY_KAFKA_BOOTSTRAP=host:9092`` sets ``settings.kafka.bootstrap`` and
+``IDPROXY_STORE_RETAIN_VERSIONS=5`` sets ``settings.store.retain_versions``.
+
+>>> s = Settings()
+>>> s.store.http_host
+'127.0.0.1'
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, Field
+from pydantic_settings import (
+    BaseSettings,
+    InitSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+CACHE_DIR = Path(os.environ.get("IDPROXY_CACHE_DIR", Path.home() / ".cache" / "idproxy"))
+
+
+class ModelSettings(BaseModel):
+    """The content encoder (MLLM M) and the proxy heads."""
+
+    lm_path: str | None = Field(
+        None, description="Local HF causal LM / VLM folder; None uses the packaged SmolLM2-135M"
+    )
+    vision: Literal["efficientnet-lite0", "none"] = "efficientnet-lite0"
+    image_size: int = Field(224, description="Image side in pixels fed to the vision tower")
+    n_visual_tokens: int = Field(16, description="Visual tokens per image (a square number)")
+    max_text_tokens: int = Field(64, description="Item text is truncated to this many tokens")
+    id_dim: int = Field(32, description="d: the ranker's ID-embedding size")
+    coarse_hidden: int = Field(256, description="Hidden width of the coarse head phi")
+    adaptor_hidden: int = Field(128, description="Hidden width of the fine adaptor phi~")
+    n_layer_groups: int = Field(3, description="k of the k-means layer partition")
+    layer_sample_items: int = Field(64, description="Items used to pick the layer groups")
+    encode_batch_size: int = 32
+    device: str = Field("auto", description="'auto' picks cuda when present, else cpu")
+    encoder_train_mode: Literal["frozen", "lora", "full"] = "frozen"
+    lora_rank: int = 8
+
+
+class Stage1Settings(BaseModel):
+    """Stage-1 proxy alignment (paper eq. 1)."""
+
+    lr: float = 1e-4
+    weight_decay: float = 0.01
+    batch_size: int = 512
+    epochs: int = 200
+    tau_c: float = Field(0.07, description="PAL temperature")
+    min_updates: int = Field(5, description="tau: keep ID embeddings updated at least this often")
+    holdout_fraction: float = 0.2
+    seed: int = 0
+
+
+class KafkaSettings(BaseModel):
+    """Kafka client settings; SASL/TLS fields pass straight through to the clients."""
+
+    bootstrap: str | None = Field(None, description="Use this cluster (broker-ladder rung 1)")
+    topic_prefix: str = ""
+    partitions: int = 4
+    replication_factor: int = 1
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: str | None = None
+    sasl_plain_username: str | None = None
+    sasl_plain_password: str | None = None
+    ssl_cafile: str | None = None
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+    kafka_home: str | None = Field(None, description="Apache Kafka install (rung 3); else cache")
+    jars_dir: str = str(CACHE_DIR / "kafka-4.1.0" / "libs")
+
+
+class StoreSettings(BaseModel):
+    """The RocksDB proxy store and its HTTP read API."""
+
+    path: str = str(CACHE_DIR / "store")
+    dtype: Literal["float16", "float32"] = "float32"
+    retain_versions: int = 3
+    http_host: str = "127.0.0.1"
+    http_port: int = 8765
+    max_request_bytes: int = 1 << 20
+    max_batch_items: int = 1000
+
+
+class WorkerSettings(BaseModel):
+    """Proxy workers (consumers of the items topic)."""
+
+    batch_max_items: int = 32
+    batch_max_wait_ms: int = 500
+    max_text_chars: int = 4000
+    max_image_bytes: int = 4 << 20
+    metrics_port: int = 0
+
+
+class TrainerSettings(BaseModel):
+    """The CTR ranker, the offline Table-1 benchmark and the online Stage-2 trainer."""
+
+    history_len: int = 20
+    embed_dim: int = 32
+    batch_size: int = 256
+    lr: float = 1e-3
+    epochs: int = 2
+    seeds: int = 5
+    new_item_fraction: float = 0.2
+    warmup_k: int = 5
+    checkpoint_every_batches: int = 50
+    realign_interval_s: int = 600
+
+
+class Settings(BaseSettings):
+    """Root settings object; one section per subsystem."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="IDPROXY_",
+        env_nested_delimiter="_",
+        env_nested_max_split=1,
+        extra="ignore",
+    )
+
+    run_dir: str = "runs"
+    cache_dir: str = str(CACHE_DIR)
+    model: ModelSettings = ModelSettings()
+    stage1: Stage1Settings = Stage1Settings()
+    kafka: KafkaSettings = KafkaSettings()
+    store: StoreSettings = StoreSettings()
+    worker: WorkerSettings = WorkerSettings()
+    trainer: TrainerSettings = TrainerSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        file_source = InitSettingsSource(settings_cls, init_kwargs=_read_config_file())
+        return init_settings, env_settings, file_source
+
+
+def _read_config_file() -> dict[str, Any]:
+    """Reads the file named by IDPROXY_CONFIG_FILE (TOML, JSON or YAML); {} when unset."""
+    name = os.environ.get("IDPROXY_CONFIG_FILE")
+    if not name:
+        return {}
+    path = Path(name)
+    if not path.is_file():
+        raise FileNotFoundError(f"IDPROXY_CONFIG_FILE={name} does not exist")
+    text = path.read_text()
+    if path.suffix == ".toml":
+        return tomllib.loads(text)
+    if path.suffix == ".json":
+        return json.loads(text)
+    if path.suffix in (".yaml", ".yml"):
+        return yaml.safe_load(text) or {}
+    raise ValueError(f"config file {name}: use .toml, .json or .yaml")
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Builds the settings from defaults, the config file, env vars and ``overrides``."""
+    return Settings(**overrides)

@@ -1,0 +1,1 @@
+"""The CTR ranker, its training (offline and online) and the Stage-1 alignment jobs."""
