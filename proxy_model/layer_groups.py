@@ -54,9 +54,7 @@ def contiguous_kmeans(layer_vectors: torch.Tensor, k: int) -> list[list[int]]:
     return [list(range(a + 1, b + 1)) for a, b in reversed(bounds)]
 
 
-def layer_vectors_from_states(
-    hidden_states: torch.Tensor, mask: torch.Tensor
-) -> torch.Tensor:
+def layer_vectors_from_states(hidden_states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """[L, B, T, D] token states + [B, T] mask -> [L, B·D] per-layer descriptors.
 
     Each item's masked mean over tokens is ℓ2-normalised, so every item weighs the same.

@@ -1,0 +1,187 @@
+"""The proxy-generation service (paper §3.2.4): M + g + φ + φ̃/gate packaged together.
+
+``ProxyService.run(items)`` is the whole ``encode → features → proxies`` path for a batch,
+with the MLLM run once per item. Streaming workers call it; the trainer only needs
+``proxies_from_features`` (no MLLM).
+
+Versions: ``encoder_version`` names M + g + layer groups (features change when it changes);
+``proxy_version`` names the heads bundle (φ, φ̃, gate) that produced the proxies.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from proxy_model.artifacts import latest_version, load_bundle
+from proxy_model.device import pick_device
+from proxy_model.encoder import ItemContent, MultimodalEncoder, build_default_encoder
+from proxy_model.encoder import build_tiny_encoder as _tiny_encoder
+from proxy_model.features import ContentFeaturizer, ItemFeatures, choose_layer_groups
+from proxy_model.heads import CoarseHead, FineHead
+from proxy_model.vision import decode_image
+
+log = logging.getLogger(__name__)
+
+# Used to pick layer groups when no trained bundle exists yet (deterministic per encoder).
+PROBE_TEXTS = [
+    "Toy Story (1995). Genres: Animation, Children's, Comedy.",
+    "Heat (1995). Genres: Action, Crime, Thriller.",
+    "Sense and Sensibility (1995). Genres: Drama, Romance.",
+    "Handmade ceramic mug, matte glaze, 350 ml.",
+    "Weekend hiking trail guide with photos of the summit.",
+    "Street food tour: five noodle shops worth the queue.",
+    "Minimalist desk setup for a small apartment.",
+    "How I repaired a 1970s film camera at home.",
+    "Spring outfit ideas: linen shirts and wide trousers.",
+    "Five-minute breakfast: overnight oats with berries.",
+    "Alien (1979). Genres: Action, Horror, Sci-Fi, Thriller.",
+    "Casablanca (1942). Genres: Drama, Romance, War.",
+]
+
+
+@dataclass(frozen=True)
+class ServiceOutput:
+    """z [B,D], z_groups [B,G,D], p_coarse [B,d], p_fine [B,d]; float32 on CPU."""
+
+    z: torch.Tensor
+    z_groups: torch.Tensor
+    p_coarse: torch.Tensor
+    p_fine: torch.Tensor
+
+
+class ProxyService:
+    """Encodes items and computes their coarse and fine proxies."""
+
+    def __init__(
+        self,
+        featurizer: ContentFeaturizer,
+        coarse: CoarseHead,
+        fine: FineHead,
+        *,
+        proxy_version: str,
+        max_image_bytes: int = 4 << 20,
+    ) -> None:
+        self.featurizer = featurizer.eval()
+        self.coarse = coarse.eval()
+        self.fine = fine.eval()
+        self.proxy_version = proxy_version
+        self.encoder_version = featurizer.version()
+        self.max_image_bytes = max_image_bytes
+
+    @property
+    def id_dim(self) -> int:
+        return self.coarse.mlp[-1].out_features
+
+    def load_image(self, data: bytes) -> Image.Image:
+        """Bytes -> RGB image; InvalidItemError when corrupt or over the size limit."""
+        return decode_image(data, self.max_image_bytes)
+
+    @torch.no_grad()
+    def proxies_from_features(
+        self, z: torch.Tensor, z_groups: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cached features -> (p_coarse [B,d], p_fine [B,d]); no MLLM involved."""
+        p_coarse = self.coarse(z)
+        return p_coarse, self.fine(p_coarse, z_groups)
+
+    @torch.no_grad()
+    def run(self, items: list[ItemContent]) -> ServiceOutput:
+        feats: ItemFeatures = self.featurizer(items)
+        p_coarse, p_fine = self.proxies_from_features(feats.z, feats.z_groups)
+        return ServiceOutput(
+            z=feats.z.cpu(),
+            z_groups=feats.z_groups.cpu(),
+            p_coarse=p_coarse.cpu(),
+            p_fine=p_fine.cpu(),
+        )
+
+    @classmethod
+    def assemble(
+        cls,
+        encoder: MultimodalEncoder,
+        *,
+        id_dim: int,
+        coarse_hidden: int,
+        adaptor_hidden: int,
+        n_groups: int,
+        bundle_root: Path | None = None,
+        seed: int = 0,
+        max_image_bytes: int = 4 << 20,
+    ) -> ProxyService:
+        """Loads the newest bundle under ``bundle_root`` for this encoder, else fresh heads.
+
+        Fresh heads are seeded and marked ``untrained`` in the proxy version, and the layer
+        groups come from :data:`PROBE_TEXTS`.
+        """
+        torch.manual_seed(seed)
+        version = latest_version(bundle_root) if bundle_root else None
+        states, manifest = load_bundle(bundle_root, version) if version else ({}, {})
+        if manifest and manifest.get("encoder_name") != encoder.name:
+            log.warning(
+                "bundle %s is for %s, not %s: ignored",
+                version,
+                manifest.get("encoder_name"),
+                encoder.name,
+            )
+            states, manifest, version = {}, {}, None
+        groups = manifest.get("layer_groups") or choose_layer_groups(
+            encoder, [ItemContent(t) for t in PROBE_TEXTS], n_groups
+        )
+        featurizer = ContentFeaturizer(encoder, groups)
+        d = encoder.hidden_size
+        coarse = CoarseHead(d, id_dim, coarse_hidden)
+        fine = FineHead(d, id_dim, adaptor_hidden, len(groups))
+        modules = {"pooling": featurizer.pooling, "coarse": coarse, "fine": fine}
+        if encoder.projector is not None:
+            modules["projector"] = encoder.projector
+        for name, state in states.items():
+            modules[name].load_state_dict(state)
+        device = encoder.device
+        coarse.to(device)
+        fine.to(device)
+        featurizer.to(device)
+        if version is None:
+            log.warning("no trained proxy bundle found: using seeded, untrained heads")
+        return cls(
+            featurizer,
+            coarse,
+            fine,
+            proxy_version=version or f"untrained-seed{seed}",
+            max_image_bytes=max_image_bytes,
+        )
+
+    @classmethod
+    def from_settings(cls, settings) -> ProxyService:  # settings: idproxy.settings.Settings
+        """Real weights (SmolLM2 + Lite0 unless ``model.lm_path``/``model.vision`` say otherwise)."""
+        m = settings.model
+        encoder = build_default_encoder(
+            settings.cache_dir,
+            lm_path=m.lm_path,
+            vision=m.vision,
+            n_visual_tokens=m.n_visual_tokens,
+            max_text_tokens=m.max_text_tokens,
+            image_size=m.image_size,
+            device=m.device,
+        )
+        return cls.assemble(
+            encoder,
+            id_dim=m.id_dim,
+            coarse_hidden=m.coarse_hidden,
+            adaptor_hidden=m.adaptor_hidden,
+            n_groups=m.n_layer_groups,
+            bundle_root=Path(settings.cache_dir) / "artifacts",
+            max_image_bytes=settings.worker.max_image_bytes,
+        )
+
+    @classmethod
+    def tiny(cls, seed: int = 0, id_dim: int = 8) -> ProxyService:
+        """Tiny random model with the same interface, for tests (loads in well under 1 s)."""
+        encoder = _tiny_encoder(seed=seed).to(pick_device("cpu"))
+        return cls.assemble(
+            encoder, id_dim=id_dim, coarse_hidden=16, adaptor_hidden=16, n_groups=3, seed=seed
+        )

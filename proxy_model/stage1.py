@@ -1,0 +1,149 @@
+"""Stage 1 (paper §3.1): fit g and φ so that φ(g(H_i)) points at item i's ID embedding.
+
+Training modes for the encoder M (``encoder_train_mode``):
+
+* ``frozen`` (default): M does not change, so its token states are computed once
+  (:class:`~proxy_model.features.TokenStates`) and each step only runs g and φ. The vision
+  projector stays at its seeded initialisation in this mode.
+* ``lora``: LoRA adapters (rank ``lora_rank``) on the LM's attention q/v projections, plus
+  the projector, are trained with g and φ; M runs in every step.
+* ``full``: all of M's parameters train as well.
+
+Optimiser: AdamW with the paper's defaults (lr 1e-4, batch 512), all from settings. Batches
+are drawn from a permutation of the training items, so an item appears once per batch; the
+loss still masks duplicates for callers that pass repeated ids.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from proxy_model.alignment import pal_loss
+from proxy_model.encoder import ItemContent
+from proxy_model.features import ContentFeaturizer, TokenStates
+from proxy_model.heads import CoarseHead
+
+
+@dataclass(frozen=True)
+class Stage1Config:
+    """Hyper-parameters of the Stage-1 loop (mirrors ``Stage1Settings``)."""
+
+    lr: float = 1e-4
+    weight_decay: float = 0.01
+    batch_size: int = 512
+    epochs: int = 200
+    tau_c: float = 0.07
+    encoder_train_mode: str = "frozen"
+    lora_rank: int = 8
+    seed: int = 0
+
+
+@dataclass
+class Stage1History:
+    """Mean PAL loss per epoch."""
+
+    losses: list[float] = field(default_factory=list)
+
+
+def _enable_encoder_training(featurizer: ContentFeaturizer, mode: str, rank: int) -> None:
+    encoder = featurizer.encoder
+    encoder.lm.requires_grad_(mode == "full")
+    if mode == "lora":
+        from peft import LoraConfig, inject_adapter_in_model
+
+        inject_adapter_in_model(
+            LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=["q_proj", "v_proj"]), encoder.lm
+        )
+        for name, p in encoder.lm.named_parameters():
+            p.requires_grad_("lora_" in name)
+    if encoder.projector is not None:
+        encoder.projector.requires_grad_(True)
+
+
+def fit_stage1(
+    featurizer: ContentFeaturizer,
+    head: CoarseHead,
+    targets: torch.Tensor,
+    config: Stage1Config,
+    *,
+    token_states: TokenStates | None = None,
+    rows: torch.Tensor | None = None,
+    items: Sequence[ItemContent] | None = None,
+    progress: bool = True,
+) -> Stage1History:
+    """Trains g + φ (and M unless frozen) with the PAL loss on (item, target) pairs.
+
+    targets [K, d] are ℓ2-normalised ID embeddings. In ``frozen`` mode the K training items
+    are ``token_states`` rows ``rows`` [K]; otherwise they are ``items`` (K contents).
+    """
+    frozen = config.encoder_train_mode == "frozen"
+    if frozen and (token_states is None or rows is None):
+        raise ValueError("frozen mode needs token_states and rows")
+    if not frozen and items is None:
+        raise ValueError(f"{config.encoder_train_mode} mode needs the item contents")
+    if not frozen:
+        _enable_encoder_training(featurizer, config.encoder_train_mode, config.lora_rank)
+    params = [p for p in featurizer.parameters() if p.requires_grad] + list(head.parameters())
+    optimiser = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    generator = torch.Generator().manual_seed(config.seed)
+    device = next(head.parameters()).device
+    targets = targets.to(device)
+    n = len(targets)
+    history = Stage1History()
+    featurizer.train()
+    head.train()
+    bar = tqdm(range(config.epochs), desc="stage 1", unit="epoch", disable=not progress)
+    for _ in bar:
+        order = torch.randperm(n, generator=generator)
+        total = 0.0
+        for start in range(0, n, config.batch_size):
+            batch = order[start : start + config.batch_size]
+            if len(batch) < 2:
+                continue  # a contrastive loss needs at least one negative
+            if frozen:
+                last, _, mask = token_states.rows(rows[batch])
+                z = featurizer.pooling(last.to(device), mask.to(device))
+            else:
+                out = featurizer.encoder([items[i] for i in batch.tolist()])
+                z = featurizer.pooling(out.hidden[-1], out.mask)
+            loss = pal_loss(head(z), targets[batch], batch.to(device), config.tau_c)
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+            total += loss.item() * len(batch)
+        history.losses.append(total / n)
+        bar.set_postfix(loss=f"{history.losses[-1]:.4f}")
+    featurizer.eval()
+    head.eval()
+    return history
+
+
+@dataclass(frozen=True)
+class AlignmentReport:
+    """Held-out alignment: recall@k of each item's own ID embedding, and mean cosine."""
+
+    recall_at_k: float
+    mean_cosine: float
+    k: int
+
+
+def alignment_report(
+    proxies: torch.Tensor, candidates: torch.Tensor, own_rows: torch.Tensor, k: int = 10
+) -> AlignmentReport:
+    """proxies [M, d] vs candidates [C, d] (the ID table); own_rows [M] index the true row.
+
+    recall@k: the share of proxies whose own ID embedding is among the k most
+    cosine-similar candidates. mean_cosine: mean cos(proxy, own ID embedding).
+    """
+    p = F.normalize(proxies.float(), dim=-1)
+    c = F.normalize(candidates.float(), dim=-1)
+    sims = p @ c.T  # [M, C]
+    topk = sims.topk(min(k, c.shape[0]), dim=1).indices
+    hit = (topk == own_rows[:, None]).any(dim=1).float().mean().item()
+    cos = sims.gather(1, own_rows[:, None]).mean().item()
+    return AlignmentReport(recall_at_k=hit, mean_cosine=cos, k=k)
