@@ -128,7 +128,7 @@ class ContentFeaturizer(nn.Module):
         """last [B, T, D], groups [B, G, T, D], mask [B, T] from one MLLM forward."""
         out = self.encoder(items)  # hidden [L, B, T, D] for layers 1..L
         groups = torch.stack(
-            [out.hidden[[l - 1 for l in grp]].mean(0) for grp in self.layer_groups]
+            [out.hidden[[layer - 1 for layer in grp]].mean(0) for grp in self.layer_groups]
         )
         return out.hidden[-1], groups.transpose(0, 1), out.mask
 
