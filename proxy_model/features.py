@@ -109,23 +109,33 @@ def masked_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 class ContentFeaturizer(nn.Module):
-    """M + g + layer groups: items -> token states -> ItemFeatures."""
+    """M + g + layer groups: items -> token states -> ItemFeatures.
 
-    def __init__(self, encoder: MultimodalEncoder, layer_groups: list[list[int]]) -> None:
+    ``encoder=None`` gives a featurizer that only pools already cached token states
+    (``hidden_size`` must then be given); calling it on items raises.
+    """
+
+    def __init__(
+        self,
+        encoder: MultimodalEncoder | None,
+        layer_groups: list[list[int]],
+        hidden_size: int | None = None,
+    ) -> None:
         super().__init__()
+        if encoder is None and hidden_size is None:
+            raise ValueError("a featurizer without an encoder needs hidden_size")
         self.encoder = encoder
-        self.pooling = AttentionPooling(encoder.hidden_size)
+        self.hidden_size: int = encoder.hidden_size if encoder else hidden_size
+        self.pooling = AttentionPooling(self.hidden_size)
         self.layer_groups = layer_groups
-
-    @property
-    def hidden_size(self) -> int:
-        return self.encoder.hidden_size
 
     @torch.no_grad()
     def token_states(
         self, items: Sequence[ItemContent]
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """last [B, T, D], groups [B, G, T, D], mask [B, T] from one MLLM forward."""
+        if self.encoder is None:
+            raise RuntimeError("this featurizer only pools cached token states")
         out = self.encoder(items)  # hidden [L, B, T, D] for layers 1..L
         groups = torch.stack(
             [out.hidden[[layer - 1 for layer in grp]].mean(0) for grp in self.layer_groups]
@@ -149,9 +159,11 @@ class ContentFeaturizer(nn.Module):
 
     def version(self) -> str:
         """Content hash of everything that shapes the features: M's name, groups, g, projector."""
-        h = hashlib.sha256(self.encoder.name.encode())
+        name = self.encoder.name if self.encoder else "cached-token-states"
+        projector = self.encoder.projector if self.encoder else None
+        h = hashlib.sha256(name.encode())
         h.update(json.dumps(self.layer_groups).encode())
-        for module in (self.pooling, self.encoder.projector):
+        for module in (self.pooling, projector):
             if module is not None:
                 for p in module.state_dict().values():
                     h.update(p.detach().cpu().float().numpy().tobytes())
