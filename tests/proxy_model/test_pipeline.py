@@ -1,0 +1,82 @@
+"""encode → features → proxies, artefacts, and Stage-1 training on a known alignment."""
+
+import torch
+import torch.nn.functional as F
+
+from proxy_model.artifacts import latest_version, load_bundle, save_bundle
+from proxy_model.encoder import ItemContent
+from proxy_model.features import ContentFeaturizer, TokenStates
+from proxy_model.heads import CoarseHead
+from proxy_model.service import ProxyService
+from proxy_model.stage1 import Stage1Config, alignment_report, fit_stage1
+
+
+def test_service_outputs_and_cached_feature_path_agree():
+    svc = ProxyService.tiny(seed=3)
+    items = [ItemContent("alpha"), ItemContent("beta gamma")]
+    out = svc.run(items)
+    assert out.z.shape == (2, svc.featurizer.hidden_size)
+    assert out.z_groups.shape == (2, 3, svc.featurizer.hidden_size)
+    assert torch.allclose(out.p_coarse.norm(dim=-1), torch.ones(2), atol=1e-5)
+    # proxies recomputed from the cached features alone equal the full path
+    p_coarse, p_fine = svc.proxies_from_features(out.z, out.z_groups)
+    assert torch.allclose(p_coarse, out.p_coarse) and torch.allclose(p_fine, out.p_fine)
+    # and the run is deterministic
+    assert torch.allclose(svc.run(items).p_fine, out.p_fine)
+
+
+def test_layer_groups_cover_all_layers_in_order():
+    svc = ProxyService.tiny()
+    groups = svc.featurizer.layer_groups
+    assert len(groups) == 3
+    assert [layer for g in groups for layer in g] == list(
+        range(1, svc.featurizer.encoder.n_layers + 1)
+    )
+
+
+def test_bundle_round_trip_restores_the_heads(tmp_path):
+    svc = ProxyService.tiny(seed=5)
+    with torch.no_grad():
+        svc.coarse.mlp[0].weight.add_(1.0)
+    version = save_bundle(
+        tmp_path,
+        {"pooling": svc.featurizer.pooling, "coarse": svc.coarse, "fine": svc.fine},
+        {
+            "kind": "proxy",
+            "encoder_name": svc.featurizer.encoder.name,
+            "layer_groups": svc.featurizer.layer_groups,
+        },
+    )
+    assert latest_version(tmp_path) == version
+    states, manifest = load_bundle(tmp_path, version)
+    assert manifest["version"] == version
+    assert torch.equal(states["coarse"]["mlp.0.weight"], svc.coarse.mlp[0].weight)
+    assert not list(tmp_path.rglob("*.pt")) and not list(tmp_path.rglob("*.pkl"))
+
+
+def test_stage1_lowers_loss_and_raises_heldout_recall():
+    """Targets are a fixed random linear map of each item's mean token state: learnable."""
+    torch.manual_seed(0)
+    n, width, hidden, d = 400, 6, 16, 8
+    states = TokenStates.random(n, width, hidden, seed=1)
+    last = states.last.float()
+    mean = (last * states.mask[..., None]).sum(1) / states.mask.sum(1, keepdim=True)
+    targets = F.normalize(mean @ torch.randn(hidden, d), dim=-1)
+    train, hold = torch.arange(0, 300), torch.arange(300, n)
+
+    featurizer = ContentFeaturizer(None, states.layer_groups, hidden_size=hidden)
+    head = CoarseHead(hidden, d, 32)
+
+    def recall() -> float:
+        with torch.no_grad():
+            z = featurizer.pooling(last[hold], states.mask[hold])
+            return alignment_report(head(z), targets, hold, k=10).recall_at_k
+
+    before = recall()
+    config = Stage1Config(lr=3e-3, batch_size=64, epochs=60, tau_c=0.1)
+    hist = fit_stage1(
+        featurizer, head, targets[train], config, token_states=states, rows=train, progress=False
+    )
+    assert hist.losses[-1] < 0.5 * hist.losses[0]
+    after = recall()
+    assert after > 0.5 and after > before + 0.3
