@@ -80,3 +80,34 @@ def test_stage1_lowers_loss_and_raises_heldout_recall():
     assert hist.losses[-1] < 0.5 * hist.losses[0]
     after = recall()
     assert after > 0.5 and after > before + 0.3
+
+
+def _fit_with_encoder(mode: str):
+    from proxy_model.encoder import build_tiny_encoder
+
+    encoder = build_tiny_encoder(seed=2, with_vision=False)
+    featurizer = ContentFeaturizer(encoder, [[1, 2], [3, 4], [5, 6]])
+    head = CoarseHead(encoder.hidden_size, 4, 8)
+    items = [ItemContent(f"item number {i}") for i in range(8)]
+    targets = F.normalize(torch.randn(8, 4), dim=-1)
+    before = {k: v.clone() for k, v in encoder.lm.state_dict().items()}
+    config = Stage1Config(lr=1e-2, batch_size=4, epochs=2, encoder_train_mode=mode, lora_rank=2)
+    fit_stage1(featurizer, head, targets, config, items=items, progress=False)
+    after = encoder.lm.state_dict()
+    return before, after
+
+
+def test_full_mode_trains_the_language_model():
+    before, after = _fit_with_encoder("full")
+    changed = [k for k in before if not torch.equal(before[k], after[k])]
+    assert any("layers.0.self_attn.q_proj" in k for k in changed)
+
+
+def test_lora_mode_trains_only_the_adapters():
+    before, after = _fit_with_encoder("lora")
+    lora_keys = [k for k in after if "lora_" in k]
+    assert lora_keys, "LoRA adapters were injected"
+    lora_b = [k for k in lora_keys if "lora_B" in k]
+    assert any(after[k].abs().sum() > 0 for k in lora_b)  # B starts at zero, so it trained
+    base = {k.replace(".base_layer", ""): v for k, v in after.items() if "lora_" not in k}
+    assert all(torch.equal(before[k], base[k]) for k in before)  # base weights untouched
