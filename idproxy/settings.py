@@ -59,10 +59,10 @@ class Stage1Settings(BaseModel):
     lr: float = 1e-4
     weight_decay: float = 0.01
     batch_size: int = 512
-    epochs: int = 200
+    epochs: int = 80
     tau_c: float = Field(0.07, description="PAL temperature")
     min_updates: int = Field(5, description="tau: keep ID embeddings updated at least this often")
-    holdout_fraction: float = 0.2
+    folds: int = Field(5, description="cross-validation folds of the held-out evaluation")
     seed: int = 0
 
 
