@@ -16,7 +16,7 @@ loss still masks duplicates for callers that pass repeated ids.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -65,6 +65,43 @@ def _enable_encoder_training(featurizer: ContentFeaturizer, mode: str, rank: int
         encoder.projector.requires_grad_(True)
 
 
+def _pal_loop(
+    head: CoarseHead,
+    targets: torch.Tensor,
+    config: Stage1Config,
+    z_of: Callable[[torch.Tensor], torch.Tensor],
+    params: list[torch.nn.Parameter],
+    progress: bool,
+) -> Stage1History:
+    """The shared loop: ``z_of(batch_rows) -> z [b, D]``; AdamW on ``params`` + φ."""
+    optimiser = torch.optim.AdamW(
+        params + list(head.parameters()), lr=config.lr, weight_decay=config.weight_decay
+    )
+    generator = torch.Generator().manual_seed(config.seed)
+    device = next(head.parameters()).device
+    targets = targets.to(device)
+    n = len(targets)
+    history = Stage1History()
+    head.train()
+    bar = tqdm(range(config.epochs), desc="stage 1", unit="epoch", disable=not progress)
+    for _ in bar:
+        order = torch.randperm(n, generator=generator)
+        total = 0.0
+        for start in range(0, n, config.batch_size):
+            batch = order[start : start + config.batch_size]
+            if len(batch) < 2:
+                continue  # a contrastive loss needs at least one negative
+            loss = pal_loss(head(z_of(batch)), targets[batch], batch.to(device), config.tau_c)
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+            total += loss.item() * len(batch)
+        history.losses.append(total / n)
+        bar.set_postfix(loss=f"{history.losses[-1]:.4f}")
+    head.eval()
+    return history
+
+
 def fit_stage1(
     featurizer: ContentFeaturizer,
     head: CoarseHead,
@@ -86,41 +123,37 @@ def fit_stage1(
         raise ValueError("frozen mode needs token_states and rows")
     if not frozen and items is None:
         raise ValueError(f"{config.encoder_train_mode} mode needs the item contents")
-    if not frozen:
-        _enable_encoder_training(featurizer, config.encoder_train_mode, config.lora_rank)
-    params = [p for p in featurizer.parameters() if p.requires_grad] + list(head.parameters())
-    optimiser = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    generator = torch.Generator().manual_seed(config.seed)
     device = next(head.parameters()).device
-    targets = targets.to(device)
-    n = len(targets)
-    history = Stage1History()
+    if frozen:
+
+        def z_of(batch: torch.Tensor) -> torch.Tensor:
+            last, _, mask = token_states.rows(rows[batch])
+            return featurizer.pooling(last.to(device), mask.to(device))
+
+    else:
+        _enable_encoder_training(featurizer, config.encoder_train_mode, config.lora_rank)
+
+        def z_of(batch: torch.Tensor) -> torch.Tensor:
+            out = featurizer.encoder([items[i] for i in batch.tolist()])
+            return featurizer.pooling(out.hidden[-1], out.mask)
+
     featurizer.train()
-    head.train()
-    bar = tqdm(range(config.epochs), desc="stage 1", unit="epoch", disable=not progress)
-    for _ in bar:
-        order = torch.randperm(n, generator=generator)
-        total = 0.0
-        for start in range(0, n, config.batch_size):
-            batch = order[start : start + config.batch_size]
-            if len(batch) < 2:
-                continue  # a contrastive loss needs at least one negative
-            if frozen:
-                last, _, mask = token_states.rows(rows[batch])
-                z = featurizer.pooling(last.to(device), mask.to(device))
-            else:
-                out = featurizer.encoder([items[i] for i in batch.tolist()])
-                z = featurizer.pooling(out.hidden[-1], out.mask)
-            loss = pal_loss(head(z), targets[batch], batch.to(device), config.tau_c)
-            optimiser.zero_grad()
-            loss.backward()
-            optimiser.step()
-            total += loss.item() * len(batch)
-        history.losses.append(total / n)
-        bar.set_postfix(loss=f"{history.losses[-1]:.4f}")
+    params = [p for p in featurizer.parameters() if p.requires_grad]
+    history = _pal_loop(head, targets, config, z_of, params, progress)
     featurizer.eval()
-    head.eval()
     return history
+
+
+def fit_coarse_head(
+    head: CoarseHead,
+    z: torch.Tensor,
+    targets: torch.Tensor,
+    config: Stage1Config,
+    progress: bool = True,
+) -> Stage1History:
+    """Refits φ alone on cached features z [K, D] (g and M fixed: re-alignment)."""
+    z = z.to(next(head.parameters()).device)
+    return _pal_loop(head, targets, config, lambda batch: z[batch], [], progress)
 
 
 @dataclass(frozen=True)
