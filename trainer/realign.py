@@ -1,0 +1,95 @@
+"""Stage-1 re-alignment against a drifting ID table, with a guardrail (issue 6, core).
+
+The ranker keeps learning, so its item-ID table drifts and the Stage-1 targets go stale
+(paper §2.2: "learning against static targets in continuously updated systems"). A
+re-alignment run:
+
+1. takes a snapshot of the ID table and its per-item update counts, keeps ids with at least
+   τ updates and ℓ2-normalises them (§3.1.1);
+2. refits φ **warm-started** from the current version on the cached features z (g and M are
+   part of the encoder version and stay fixed, so no item is re-encoded; a run that also
+   changes M — LoRA — creates a new encoder version, whose features must be backfilled by
+   re-encoding every item through the workers before its proxies can be published);
+3. scores the current and the candidate φ on held-out ids against the *new* targets;
+4. accepts the candidate only if held-out alignment did not regress (recall@10 and mean
+   cosine each no lower than the current version's minus ``tolerance``); otherwise it
+   keeps the current version and says why.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+
+from proxy_model.alignment import preprocess_id_embeddings
+from proxy_model.heads import CoarseHead
+from proxy_model.stage1 import AlignmentReport, Stage1Config, alignment_report, fit_coarse_head
+
+
+@dataclass(frozen=True)
+class RealignOutcome:
+    """The guardrail's decision, both reports and the candidate head."""
+
+    accepted: bool
+    reason: str
+    current: AlignmentReport
+    candidate_report: AlignmentReport
+    candidate: CoarseHead
+    n_targets: int
+
+
+def realign_coarse_head(
+    z: torch.Tensor,
+    id_table: torch.Tensor,
+    update_counts: torch.Tensor,
+    current: CoarseHead,
+    config: Stage1Config,
+    *,
+    min_updates: int,
+    holdout_fraction: float = 0.2,
+    tolerance: float = 0.0,
+    shuffle_targets: bool = False,
+    progress: bool = False,
+) -> RealignOutcome:
+    """z [N, D] cached features, id_table [N, d], update_counts [N] (rows = the same items).
+
+    ``shuffle_targets`` deliberately trains the candidate on permuted targets (a known-bad
+    candidate, used to check that the guardrail rejects it).
+    """
+    kept, targets = preprocess_id_embeddings(id_table, update_counts, min_updates)
+    if len(kept) < 10:
+        raise ValueError(f"only {len(kept)} ids have >= {min_updates} updates: too few to refit")
+    perm = torch.randperm(len(kept), generator=torch.Generator().manual_seed(config.seed))
+    n_hold = max(2, int(round(holdout_fraction * len(kept))))
+    hold, train = perm[:n_hold], perm[n_hold:]
+    train_targets = targets[train]
+    if shuffle_targets:
+        shuffled = torch.randperm(len(train), generator=torch.Generator().manual_seed(1))
+        train_targets = train_targets[shuffled]
+
+    candidate = copy.deepcopy(current)
+    fit_coarse_head(candidate, z[kept[train]], train_targets, config, progress=progress)
+    with torch.no_grad():
+        old = alignment_report(current(z[kept[hold]]), targets, hold)
+        new = alignment_report(candidate(z[kept[hold]]), targets, hold)
+    regressed = [
+        f"{name} {n:.4f} < {o:.4f}"
+        for name, n, o in (
+            ("recall@10", new.recall_at_k, old.recall_at_k),
+            ("cosine", new.mean_cosine, old.mean_cosine),
+        )
+        if n < o - tolerance
+    ]
+    reason = (
+        "held-out alignment regressed: " + ", ".join(regressed) if regressed else "no regression"
+    )
+    return RealignOutcome(
+        accepted=not regressed,
+        reason=reason,
+        current=old,
+        candidate_report=new,
+        candidate=candidate,
+        n_targets=len(kept),
+    )
