@@ -40,13 +40,15 @@ def _images(n: int, size: int):
     return out
 
 
-def _median_seconds(fn, repeats: int) -> float:
-    times = []
+def _interleaved_medians(fns: list, repeats: int) -> list[float]:
+    """Median seconds of each fn, timed in turn within every repeat (fair under load)."""
+    times: list[list[float]] = [[] for _ in fns]
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for fn, bucket in zip(fns, times, strict=True):
+            start = time.perf_counter()
+            fn()
+            bucket.append(time.perf_counter() - start)
+    return [statistics.median(t) for t in times]
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
@@ -74,8 +76,10 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     with torch.no_grad():
         for name, items in batches.items():
             service.run(items)  # warm-up
-            bare = _median_seconds(lambda items=items: encoder(items), args.repeats)
-            full = _median_seconds(lambda items=items: service.run(items), args.repeats)
+            bare, full = _interleaved_medians(
+                [lambda items=items: encoder(items), lambda items=items: service.run(items)],
+                args.repeats,
+            )
             results[name] = {
                 "bare_items_per_s": len(items) / bare,
                 "full_items_per_s": len(items) / full,
