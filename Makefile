@@ -1,5 +1,5 @@
 # The two commands a newcomer needs: `make demo` (the main job) and `make test`.
-VENV ?= $(HOME)/.cache/idproxy/venv
+VENV := $(or $(IDPROXY_VENV),$(HOME)/.cache/idproxy/venv)
 export IDPROXY_VENV := $(VENV)
 
 .PHONY: setup demo test lint
