@@ -1,0 +1,21 @@
+"""The runnable examples in module docstrings."""
+
+import doctest
+import importlib
+
+import pytest
+
+MODULES = [
+    "idproxy.settings",
+    "proxy_model.pooling",
+    "proxy_model.alignment",
+    "proxy_model.layer_groups",
+    "trainer.streaming_metrics",
+]
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_docstring_examples(name):
+    result = doctest.testmod(importlib.import_module(name))
+    assert result.attempted > 0, f"{name} has no examples"
+    assert result.failed == 0
