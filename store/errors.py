@@ -1,0 +1,25 @@
+"""Errors of the proxy store. Every rejection happens before anything is written."""
+
+
+class StoreError(Exception):
+    """Base class of all store errors."""
+
+
+class InvalidVectorError(StoreError):
+    """Wrong shape, dimension or dtype, or a NaN/Inf value."""
+
+
+class UnknownVersionError(StoreError):
+    """The version was never staged (or was garbage-collected)."""
+
+
+class VersionStateError(StoreError):
+    """The operation does not fit the version's state (e.g. writing to a published one)."""
+
+
+class IncompleteVersionError(StoreError):
+    """publish() refused: fewer items written than the version expects."""
+
+
+class CorruptValueError(StoreError):
+    """A stored value failed its header or checksum check."""

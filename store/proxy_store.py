@@ -1,0 +1,414 @@
+"""`ProxyStore`: versioned proxies, item features and model manifests in one RocksDB.
+
+Contract (after Feast's ``OnlineStore``: write batch / read / update / teardown), with
+versions as first-class objects.
+
+Key layout (one RocksDB, raw bytes keys)::
+
+    ptr                          JSON {"active": v, "previous": u}: the one pointer readers follow
+    ver/<version>                JSON VersionInfo (status staged|active|retired, counts, manifest)
+    prx/<version>/<item_id>      proxy value (store.codec: header + p_coarse + p_fine)
+    fea/<encoder_version>/<item> crc32 + safetensors bytes of named feature vectors
+    mdl/<name>/<version>         JSON {manifest, weights_path}
+
+Versions and guarantees:
+
+* ``stage(v)`` opens a version for writing; ``write_batch`` is idempotent (same input, same
+  bytes) and validates everything before one atomic RocksDB write batch, so a rejected call
+  writes nothing.
+* ``publish(v)`` refuses an incomplete version (fewer items than ``expected_items``), then
+  switches ``ptr`` and the version statuses in **one** atomic, synced write batch. Values of
+  a published version are never rewritten, so a reader that resolved ``ptr`` to v keeps
+  seeing a whole v even while a newer version is published.
+* After a writer is SIGKILLed mid-version, the old version is still active and whole; the
+  partial version stays *staged* and is **resumable**: stage it again, rewrite (idempotent)
+  and publish. ``discard(v)`` drops it instead.
+* ``gc()`` keeps the last ``retain_versions`` published versions and never collects the
+  active or the previous one.
+* Reads: ``get`` / ``get_many`` read the active version by default; a missing item is a
+  miss (``None`` / ``found=False``), never an exception; a corrupt value is reported
+  (``CorruptValueError`` from ``get``, ``corrupt=True`` from ``get_many``), never returned.
+* One writer process per store. ``read_only=True`` opens a RocksDB *secondary* instance
+  that follows the writer (``refresh()`` catches up) and only ever reads published versions.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tempfile
+import time
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, Field
+from rocksdict import AccessType, Options, Rdict, WriteBatch, WriteOptions
+from safetensors.numpy import load as st_load
+from safetensors.numpy import save as st_save
+
+from store.codec import DTYPES, decode_many, encode_batch, validate_vectors
+from store.errors import (
+    CorruptValueError,
+    IncompleteVersionError,
+    InvalidVectorError,
+    StoreError,
+    UnknownVersionError,
+    VersionStateError,
+)
+
+VERSION_RE = re.compile(r"^[A-Za-z0-9._-]{1,96}$")
+MAX_ITEM_ID_BYTES = 256
+Status = Literal["staged", "active", "retired"]
+
+
+class VersionInfo(BaseModel):
+    """Metadata of one proxy version."""
+
+    version: str
+    status: Status
+    created_at: float
+    published_at: float | None = None
+    item_count: int = 0
+    expected_items: int | None = None
+    manifest: dict = Field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ProxyRecord:
+    """One item's proxies: p_coarse [d], p_fine [d] float32."""
+
+    item_id: str
+    version: str
+    p_coarse: np.ndarray
+    p_fine: np.ndarray
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """p_coarse / p_fine [N, d] float32 (zeros where not found); found, corrupt [N] bool."""
+
+    version: str | None
+    p_coarse: np.ndarray
+    p_fine: np.ndarray
+    found: np.ndarray
+    corrupt: np.ndarray
+
+
+def _check_version_name(version: str) -> None:
+    if not isinstance(version, str) or not VERSION_RE.match(version):
+        raise StoreError(f"invalid version name {version!r}: use 1-96 of [A-Za-z0-9._-]")
+
+
+def _item_key(prefix: str, version: str, item_id: str) -> bytes:
+    if not isinstance(item_id, str) or not item_id:
+        raise InvalidVectorError(f"item id must be a non-empty string, got {item_id!r}")
+    raw = item_id.encode()
+    if len(raw) > MAX_ITEM_ID_BYTES:
+        raise InvalidVectorError(f"item id longer than {MAX_ITEM_ID_BYTES} bytes")
+    return f"{prefix}/{version}/".encode() + raw
+
+
+class ProxyStore:
+    """Versioned proxy store on rocksdict. See the module docstring for the guarantees."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        dim: int,
+        dtype: str = "float32",
+        read_only: bool = False,
+        retain_versions: int = 3,
+    ) -> None:
+        if dtype not in DTYPES:
+            raise StoreError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+        if retain_versions < 2:
+            raise StoreError("retain_versions must be at least 2 (active + previous)")
+        self.path = Path(path)
+        self.dim = dim
+        self.dtype = dtype
+        self.read_only = read_only
+        self.retain_versions = retain_versions
+        options = Options(raw_mode=True)
+        if read_only:
+            if not (self.path / "CURRENT").exists():
+                raise StoreError(f"no store at {self.path}")
+            self._secondary_dir = tempfile.TemporaryDirectory(prefix="idproxy-store-reader-")
+            access = AccessType.secondary(self._secondary_dir.name)
+            self.db = Rdict(str(self.path), options=options, access_type=access)
+        else:
+            try:
+                self.path.mkdir(parents=True, exist_ok=True)
+                self.db = Rdict(str(self.path), options=options)
+            except Exception as exc:  # read-only or full filesystem, held lock, ...
+                raise StoreError(f"cannot open store for writing at {self.path}: {exc}") from exc
+        self._sync = WriteOptions()
+        self._sync.sync = True
+
+    # ---------------------------------------------------------------- versions
+    def _info(self, version: str) -> VersionInfo | None:
+        raw = self.db.get(f"ver/{version}".encode())
+        return VersionInfo.model_validate_json(raw) if raw is not None else None
+
+    def _require(self, version: str) -> VersionInfo:
+        _check_version_name(version)
+        info = self._info(version)
+        if info is None:
+            raise UnknownVersionError(f"unknown version {version!r}")
+        return info
+
+    def _pointer(self) -> dict:
+        raw = self.db.get(b"ptr")
+        return json.loads(raw) if raw is not None else {"active": None, "previous": None}
+
+    def _writable(self) -> None:
+        if self.read_only:
+            raise StoreError("this store was opened read-only")
+
+    def active_version(self) -> str | None:
+        return self._pointer()["active"]
+
+    def previous_version(self) -> str | None:
+        return self._pointer()["previous"]
+
+    def versions(self) -> list[VersionInfo]:
+        """All known versions, oldest first."""
+        infos = [VersionInfo.model_validate_json(v) for k, v in self._prefix_items(b"ver/")]
+        return sorted(infos, key=lambda i: i.created_at)
+
+    def stage(
+        self, version: str, manifest: dict | None = None, expected_items: int | None = None
+    ) -> None:
+        """Opens ``version`` for writing (idempotent; a published version is refused)."""
+        self._writable()
+        _check_version_name(version)
+        info = self._info(version)
+        if info is not None and info.status != "staged":
+            raise VersionStateError(f"version {version!r} is already {info.status}")
+        if info is None:
+            info = VersionInfo(version=version, status="staged", created_at=time.time())
+        info.manifest = manifest if manifest is not None else info.manifest
+        info.expected_items = expected_items if expected_items is not None else info.expected_items
+        self.db.put(
+            f"ver/{version}".encode(), info.model_dump_json().encode(), write_opt=self._sync
+        )
+
+    def write_batch(
+        self,
+        version: str,
+        item_ids: Sequence[str],
+        p_coarse: np.ndarray,
+        p_fine: np.ndarray,
+    ) -> None:
+        """Writes [B, d] proxies of B items into a staged version, atomically and idempotently."""
+        self._writable()
+        info = self._require(version)
+        if info.status != "staged":
+            raise VersionStateError(f"version {version!r} is {info.status}: values are immutable")
+        validate_vectors(p_coarse, p_fine, self.dim)
+        if len(item_ids) != p_coarse.shape[0]:
+            raise InvalidVectorError(f"{len(item_ids)} item ids for {p_coarse.shape[0]} rows")
+        keys = [_item_key("prx", version, i) for i in item_ids]
+        batch = WriteBatch(raw_mode=True)
+        for key, value in zip(
+            keys, encode_batch(p_coarse, p_fine, version, self.dtype), strict=True
+        ):
+            batch.put(key, value)
+        self.db.write(batch)
+
+    def count_items(self, version: str) -> int:
+        return sum(1 for _ in self._prefix_keys(f"prx/{version}/".encode()))
+
+    def publish(self, version: str, expected_items: int | None = None) -> VersionInfo:
+        """Makes ``version`` the active one in one atomic pointer switch (only if complete)."""
+        self._writable()
+        info = self._require(version)
+        if info.status == "active":
+            return info
+        if info.status != "staged":
+            raise VersionStateError(f"version {version!r} is {info.status}; use rollback()")
+        expected = expected_items if expected_items is not None else info.expected_items
+        count = self.count_items(version)
+        if count == 0 or (expected is not None and count < expected):
+            raise IncompleteVersionError(
+                f"version {version!r} has {count} items, expected {expected or '> 0'}"
+            )
+        return self._switch(info, count=count)
+
+    def rollback(self, version: str) -> VersionInfo:
+        """Makes an earlier published (retired) version active again."""
+        self._writable()
+        info = self._require(version)
+        if info.status == "staged":
+            raise VersionStateError(f"version {version!r} was never published: publish() it")
+        return self._switch(info)
+
+    def _switch(self, info: VersionInfo, count: int | None = None) -> VersionInfo:
+        pointer = self._pointer()
+        old = pointer["active"]
+        if old == info.version:
+            return info
+        now = time.time()
+        batch = WriteBatch(raw_mode=True)
+        if old is not None and (old_info := self._info(old)) is not None:
+            old_info.status = "retired"
+            batch.put(f"ver/{old}".encode(), old_info.model_dump_json().encode())
+        info.status = "active"
+        info.published_at = info.published_at or now
+        if count is not None:
+            info.item_count = count
+        batch.put(f"ver/{info.version}".encode(), info.model_dump_json().encode())
+        batch.put(b"ptr", json.dumps({"active": info.version, "previous": old}).encode())
+        self.db.write(batch, write_opt=self._sync)
+        return info
+
+    def discard(self, version: str) -> None:
+        """Drops a staged (e.g. partial) version and its values."""
+        self._writable()
+        info = self._require(version)
+        if info.status != "staged":
+            raise VersionStateError(f"version {version!r} is {info.status}, not staged")
+        self._delete_version(version)
+
+    def _delete_version(self, version: str) -> None:
+        prefix = f"prx/{version}/".encode()
+        self.db.delete_range(prefix, prefix[:-1] + b"0")  # '0' sorts right after '/'
+        self.db.delete(f"ver/{version}".encode(), write_opt=self._sync)
+
+    def gc(self) -> list[str]:
+        """Deletes published versions beyond the newest ``retain_versions`` (never active/previous)."""
+        self._writable()
+        pointer = self._pointer()
+        keep = {pointer["active"], pointer["previous"]}
+        published = sorted(
+            (i for i in self.versions() if i.status != "staged"),
+            key=lambda i: i.published_at or i.created_at,
+            reverse=True,
+        )
+        removed = []
+        for info in published[self.retain_versions :]:
+            if info.version not in keep:
+                self._delete_version(info.version)
+                removed.append(info.version)
+        return removed
+
+    # ------------------------------------------------------------------- reads
+    def refresh(self) -> None:
+        """Read-only instances: catch up with the writer's latest published state."""
+        if self.read_only:
+            self.db.try_catch_up_with_primary()
+
+    def _readable_version(self, version: str | None) -> str | None:
+        if version is None:
+            return self.active_version()
+        info = self._require(version)
+        if info.status == "staged":
+            raise VersionStateError(f"version {version!r} is not published yet")
+        return version
+
+    def get(self, item_id: str, version: str | None = None) -> ProxyRecord | None:
+        """One item's proxies from the active (or a named published) version; None if absent."""
+        v = self._readable_version(version)
+        if v is None:
+            return None
+        raw = self.db.get(_item_key("prx", v, item_id))
+        if raw is None:
+            return None
+        coarse, fine, ok = decode_many([raw], self.dim, self.dtype, v)
+        if not ok[0]:
+            raise CorruptValueError(f"stored value of item {item_id!r} in {v!r} is corrupt")
+        return ProxyRecord(item_id=item_id, version=v, p_coarse=coarse[0], p_fine=fine[0])
+
+    def get_many(self, item_ids: Sequence[str], version: str | None = None) -> BatchResult:
+        """Vectorised read: [N, d] arrays plus found / corrupt masks; misses are zeros."""
+        v = self._readable_version(version)
+        n = len(item_ids)
+        zeros = np.zeros((n, self.dim), np.float32)
+        if v is None or n == 0:
+            none = np.zeros(n, bool)
+            return BatchResult(v, zeros, zeros.copy(), none, none.copy())
+        prefix = f"prx/{v}/".encode()
+        raws = self.db[[prefix + i.encode() for i in item_ids]]
+        found = np.fromiter((r is not None for r in raws), bool, count=n)
+        present = [r for r in raws if r is not None]
+        coarse, fine = zeros, zeros.copy()
+        corrupt = np.zeros(n, bool)
+        if present:
+            c, f, ok = decode_many(present, self.dim, self.dtype, v)
+            coarse[found], fine[found] = c, f
+            corrupt[found] = ~ok
+            found &= ~corrupt
+        return BatchResult(v, coarse, fine, found, corrupt)
+
+    # ---------------------------------------------------------------- features
+    def put_features(
+        self, item_id: str, encoder_version: str, vectors: dict[str, np.ndarray]
+    ) -> None:
+        """Caches one item's features (e.g. {"z": [D], "z_groups": [G, D]}) for an encoder version."""
+        self._writable()
+        _check_version_name(encoder_version)
+        for name, arr in vectors.items():
+            if not isinstance(arr, np.ndarray) or not np.issubdtype(arr.dtype, np.floating):
+                raise InvalidVectorError(f"feature {name!r} must be a floating numpy array")
+            if not np.isfinite(arr).all():
+                raise InvalidVectorError(f"feature {name!r} contains NaN or Inf")
+        blob = st_save({k: np.ascontiguousarray(v, dtype=np.float32) for k, v in vectors.items()})
+        self.db.put(
+            _item_key("fea", encoder_version, item_id),
+            zlib.crc32(blob).to_bytes(4, "little") + blob,
+        )
+
+    def get_features(self, item_id: str, encoder_version: str) -> dict[str, np.ndarray] | None:
+        raw = self.db.get(_item_key("fea", encoder_version, item_id))
+        if raw is None:
+            return None
+        if zlib.crc32(raw[4:]).to_bytes(4, "little") != raw[:4]:
+            raise CorruptValueError(
+                f"features of {item_id!r} under {encoder_version!r} are corrupt"
+            )
+        return st_load(raw[4:])
+
+    # ---------------------------------------------------------------- registry
+    def register_model(
+        self, name: str, version: str, manifest: dict, weights_path: str | None = None
+    ) -> None:
+        """Records a model version's manifest and where its safetensors weights live."""
+        self._writable()
+        _check_version_name(name)
+        _check_version_name(version)
+        record = {"manifest": manifest, "weights_path": weights_path, "registered_at": time.time()}
+        self.db.put(
+            f"mdl/{name}/{version}".encode(), json.dumps(record).encode(), write_opt=self._sync
+        )
+
+    def get_model(self, name: str, version: str) -> dict | None:
+        raw = self.db.get(f"mdl/{name}/{version}".encode())
+        return json.loads(raw) if raw is not None else None
+
+    # ------------------------------------------------------------------ helpers
+    def _prefix_keys(self, prefix: bytes):
+        for key in self.db.keys(from_key=prefix):
+            if not key.startswith(prefix):
+                return
+            yield key
+
+    def _prefix_items(self, prefix: bytes):
+        for key, value in self.db.items(from_key=prefix):
+            if not key.startswith(prefix):
+                return
+            yield key, value
+
+    def close(self) -> None:
+        self.db.close()
+        if self.read_only:
+            self._secondary_dir.cleanup()
+
+    def __enter__(self) -> ProxyStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
