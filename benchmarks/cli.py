@@ -13,6 +13,7 @@ from idproxy.settings import Settings
 
 BENCHMARKS: dict[str, tuple[str, str]] = {
     "encoder": ("benchmarks.bench_encoder", "items/s of the default encoder; proxy-path overhead"),
+    "store": ("benchmarks.bench_store", "proxy store latency/throughput, in process and over HTTP"),
 }
 
 

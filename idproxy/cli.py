@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("idproxy.demo", "run the main job end to end on embedded defaults"),
     "align": ("trainer.stage1_job", "Stage-1 alignment on MovieLens-100K with real weights"),
     "bench": ("benchmarks.cli", "run a benchmark (see `idproxy bench --help`)"),
+    "store": ("store.cli", "inspect and operate the versioned proxy store; serve its read API"),
     "settings": ("idproxy.show_settings", "print the effective settings as JSON"),
 }
 
