@@ -219,3 +219,9 @@ def test_unwritable_directory_gives_a_clear_error(tmp_path):
     blocker.write_text("not a directory")
     with pytest.raises(StoreError, match="cannot open store"):
         ProxyStore(blocker / "db", dim=DIM)
+
+
+def test_second_writer_on_the_same_store_is_refused(tmp_path):
+    with ProxyStore(tmp_path / "db", dim=DIM):
+        with pytest.raises(StoreError, match="cannot open store for writing"):
+            ProxyStore(tmp_path / "db", dim=DIM)
