@@ -70,7 +70,10 @@ class KafkaSettings(BaseModel):
     """Kafka client settings; SASL/TLS fields pass straight through to the clients."""
 
     bootstrap: str | None = Field(None, description="Use this cluster (broker-ladder rung 1)")
+    rung: int | None = Field(None, description="Force a broker-ladder rung (1-4)")
     topic_prefix: str = ""
+    compression: Literal["gzip", "none"] = "gzip"
+    request_timeout_ms: int = 30000
     partitions: int = 4
     replication_factor: int = 1
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
@@ -103,7 +106,11 @@ class WorkerSettings(BaseModel):
     batch_max_wait_ms: int = 500
     max_text_chars: int = 4000
     max_image_bytes: int = 4 << 20
-    metrics_port: int = 0
+    image_root: str | None = Field(
+        None, description="Directory that image_path events may read from; None rejects paths"
+    )
+    metrics_port: int = Field(0, description="Prometheus port on 127.0.0.1; 0 = off")
+    group_id: str = "idproxy-workers"
 
 
 class TrainerSettings(BaseModel):

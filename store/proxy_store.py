@@ -15,7 +15,8 @@ Versions and guarantees:
 
 * ``stage(v)`` opens a version for writing; ``write_batch`` is idempotent (same input, same
   bytes) and validates everything before one atomic RocksDB write batch, so a rejected call
-  writes nothing.
+  writes nothing. A published version only takes *appends* (``append=True``): items it
+  does not hold yet, from the same model version, e.g. items uploaded after the publish.
 * ``publish(v)`` refuses an incomplete version (fewer items than ``expected_items``), then
   switches ``ptr`` and the version statuses in **one** atomic, synced write batch. Values of
   a published version are never rewritten, so a reader that resolved ``ptr`` to v keeps
@@ -203,20 +204,35 @@ class ProxyStore:
         item_ids: Sequence[str],
         p_coarse: np.ndarray,
         p_fine: np.ndarray,
+        *,
+        append: bool = False,
     ) -> None:
-        """Writes [B, d] proxies of B items into a staged version, atomically and idempotently."""
+        """Writes [B, d] proxies of B items into a version, atomically and idempotently.
+
+        A staged version takes any write. A published version is immutable, except that
+        with ``append=True`` it accepts items it does not have yet (new uploads proxied by
+        the same model version) and byte-identical rewrites (redelivered records).
+        """
         self._writable()
         info = self._require(version)
-        if info.status != "staged":
-            raise VersionStateError(f"version {version!r} is {info.status}: values are immutable")
         validate_vectors(p_coarse, p_fine, self.dim)
         if len(item_ids) != p_coarse.shape[0]:
             raise InvalidVectorError(f"{len(item_ids)} item ids for {p_coarse.shape[0]} rows")
         keys = [_item_key("prx", version, i) for i in item_ids]
+        values = encode_batch(p_coarse, p_fine, version, self.dtype)
+        if info.status != "staged":
+            if not append:
+                raise VersionStateError(
+                    f"version {version!r} is {info.status}: values are immutable"
+                )
+            existing = self.db[keys]
+            changed = sum(old not in (None, new) for old, new in zip(existing, values, strict=True))
+            if changed:
+                raise VersionStateError(
+                    f"version {version!r} is {info.status}: {changed} stored values would change"
+                )
         batch = WriteBatch(raw_mode=True)
-        for key, value in zip(
-            keys, encode_batch(p_coarse, p_fine, version, self.dtype), strict=True
-        ):
+        for key, value in zip(keys, values, strict=True):
             batch.put(key, value)
         self.db.write(batch)
 

@@ -222,6 +222,19 @@ def test_unwritable_directory_gives_a_clear_error(tmp_path):
 
 
 def test_second_writer_on_the_same_store_is_refused(tmp_path):
-    with ProxyStore(tmp_path / "db", dim=DIM):
-        with pytest.raises(StoreError, match="cannot open store for writing"):
-            ProxyStore(tmp_path / "db", dim=DIM)
+    with (
+        ProxyStore(tmp_path / "db", dim=DIM),
+        pytest.raises(StoreError, match="cannot open store for writing"),
+    ):
+        ProxyStore(tmp_path / "db", dim=DIM)
+
+
+def test_published_version_takes_appends_but_never_changes_a_value(store):
+    c, f = write_version(store, "v1", ["a"])
+    new_c, new_f = vectors(1, seed=9)
+    store.write_batch("v1", ["b"], new_c, new_f, append=True)  # a new upload
+    store.write_batch("v1", ["a"], c[:1], f[:1], append=True)  # a redelivered record
+    assert store.get_many(["a", "b"]).found.all()
+    with pytest.raises(VersionStateError, match="would change"):
+        store.write_batch("v1", ["a", "c"], new_c.repeat(2, 0), new_f.repeat(2, 0), append=True)
+    assert store.get("c") is None  # nothing of the rejected batch was written

@@ -1,0 +1,188 @@
+"""Event schemas (pydantic, each with a schema version) and their wire formats.
+
+* JSON events: ``ItemUploaded``, ``Click``, ``TrainingSample``, ``VersionCommit``,
+  ``DeadLetter``. Parsing is strict: unknown fields, wrong types or a wrong
+  ``schema_version`` raise :class:`EventError`, whose message is the DLQ reason.
+* Vector records (``ItemFeaturesRecord``, ``ProxyRecordEvent``) travel as a compact binary
+  frame, not JSON floats::
+
+      b"IDPF" | u32 header length | JSON header | raw little-endian float32 arrays
+
+  The header lists each array's name and shape; the frame must be exactly that long.
+
+>>> rec = ProxyRecordEvent(item_id="7", proxy_version="p1", encoder_version="e1",
+...                        uploaded_at=1.0, produced_at=2.0)
+>>> import numpy as np
+>>> frame = encode_frame(rec, {"p_coarse": np.ones(2, np.float32), "p_fine": np.zeros(2, np.float32)})
+>>> back, arrays = decode_frame(frame, ProxyRecordEvent)
+>>> back.item_id, arrays["p_coarse"].tolist()
+('7', [1.0, 1.0])
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+import time
+from typing import Literal, TypeVar
+
+import numpy as np
+from pydantic import Base64Bytes, BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+FRAME_MAGIC = b"IDPF"
+ItemId = str
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
+
+class EventError(ValueError):
+    """An event that cannot be accepted; ``str(err)`` is the reason sent to the DLQ."""
+
+
+class _Event(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=False, frozen=True)
+    schema_version: Literal[1] = 1
+
+
+def _finite(value: float) -> float:
+    if not math.isfinite(value):
+        raise ValueError("must be finite")
+    return value
+
+
+class ItemUploaded(_Event):
+    """A new item: text fields, an optional image (base64 or a local path), upload time (s)."""
+
+    item_id: ItemId = Field(min_length=1, max_length=256)
+    title: str = Field(min_length=1)
+    text: str = ""
+    image_b64: Base64Bytes | None = None
+    image_path: str | None = None
+    uploaded_at: float = Field(default_factory=time.time)
+
+    _check_time = field_validator("uploaded_at")(_finite)
+
+    def content_text(self) -> str:
+        return f"{self.title}. {self.text}".strip() if self.text else self.title
+
+
+class Click(_Event):
+    """A user's response to an item: label 1 = click, 0 = shown but not clicked."""
+
+    user_id: str = Field(min_length=1, max_length=256)
+    item_id: ItemId = Field(min_length=1, max_length=256)
+    label: Literal[0, 1]
+    ts: float
+    context: dict[str, str | int | float] = Field(default_factory=dict)
+
+    _check_time = field_validator("ts")(_finite)
+
+
+class TrainingSample(_Event):
+    """One click with the user's history *before* it (no leakage) and the item's state.
+
+    ``item_known`` is False when the click arrived before the item's upload event; the
+    trainer then trains the ID slot only (no proxy for that row: the proxy miss mask).
+    ``sample_id`` = ``<topic>/<partition>/<offset>`` of the click identifies duplicates.
+    """
+
+    sample_id: str
+    user_id: str
+    item_id: ItemId
+    label: Literal[0, 1]
+    ts: float
+    history: list[ItemId]
+    item_interactions: int = Field(ge=0, description="interactions of the item before this one")
+    item_age_s: float | None = None
+    item_known: bool
+    context: dict[str, str | int | float] = Field(default_factory=dict)
+
+
+class VersionCommit(_Event):
+    """Control marker: publish ``version`` once ``expected_items`` of it are stored."""
+
+    version: str = Field(pattern=r"^[A-Za-z0-9._-]{1,96}$")
+    expected_items: int = Field(ge=1)
+    kind: Literal["proxies"] = "proxies"
+    created_at: float = Field(default_factory=time.time)
+
+
+class DeadLetter(_Event):
+    """A rejected input with where it came from, the original bytes and the reason."""
+
+    source_topic: str
+    partition: int
+    offset: int
+    key_b64: Base64Bytes | None = None
+    value_b64: Base64Bytes
+    reason: str
+    component: str
+    at: float = Field(default_factory=time.time)
+
+
+class ItemFeaturesRecord(_Event):
+    """Header of a binary frame carrying z [D] and z_groups [G, D] of one item."""
+
+    item_id: ItemId
+    encoder_version: str
+    uploaded_at: float
+    produced_at: float
+
+
+class ProxyRecordEvent(_Event):
+    """Header of a binary frame carrying p_coarse [d] and p_fine [d] of one item."""
+
+    item_id: ItemId
+    proxy_version: str
+    encoder_version: str
+    uploaded_at: float
+    produced_at: float
+
+
+def parse_json(raw: bytes | None, model: type[ModelT]) -> ModelT:
+    """Bytes -> event, or EventError with a readable reason."""
+    if raw is None:
+        raise EventError("empty message (tombstone)")
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "message"
+        raise EventError(f"invalid {model.__name__}: {where}: {first['msg']}") from exc
+
+
+def to_json(event: BaseModel) -> bytes:
+    return event.model_dump_json().encode()
+
+
+def encode_frame(header: BaseModel, arrays: dict[str, np.ndarray]) -> bytes:
+    """Header model + named float arrays -> one binary frame."""
+    meta = {
+        "header": header.model_dump(mode="json"),
+        "arrays": [[name, list(a.shape)] for name, a in arrays.items()],
+    }
+    head = json.dumps(meta).encode()
+    body = b"".join(np.ascontiguousarray(a, dtype="<f4").tobytes() for a in arrays.values())
+    return FRAME_MAGIC + struct.pack("<I", len(head)) + head + body
+
+
+def decode_frame(raw: bytes, model: type[ModelT]) -> tuple[ModelT, dict[str, np.ndarray]]:
+    """Binary frame -> (header model, {name: float32 array}); EventError if malformed."""
+    if raw is None or len(raw) < 8 or raw[:4] != FRAME_MAGIC:
+        raise EventError("not an IDPF binary frame")
+    (n,) = struct.unpack("<I", raw[4:8])
+    try:
+        meta = json.loads(raw[8 : 8 + n])
+        header = model.model_validate(meta["header"])
+        arrays, offset = {}, 8 + n
+        for name, shape in meta["arrays"]:
+            size = int(np.prod(shape)) * 4
+            if offset + size > len(raw):
+                raise EventError(f"frame truncated in array {name!r}")
+            arrays[name] = np.frombuffer(raw[offset : offset + size], dtype="<f4").reshape(shape)
+            offset += size
+    except (ValueError, KeyError, TypeError) as exc:
+        raise EventError(f"malformed frame: {exc}") from exc
+    if offset != len(raw):
+        raise EventError(f"frame has {len(raw) - offset} trailing bytes")
+    return header, arrays

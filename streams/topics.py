@@ -1,0 +1,97 @@
+"""Topic names, partitions and configs in one place, and their idempotent creation.
+
+| topic | key | content |
+|---|---|---|
+| items | item id | ItemUploaded |
+| clicks | user id | Click |
+| samples | user id | TrainingSample |
+| item-features (compacted) | item id | ItemFeaturesRecord (binary frame) |
+| proxies (compacted) | "<version>/<item id>" | ProxyRecordEvent (binary frame) |
+| control (compacted) | version | VersionCommit |
+| dlq | source key | DeadLetter |
+
+Proxies are keyed by (version, item) so that compaction keeps every retained version's
+values and a replica can rebuild each of them from zero.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass, field
+
+from idproxy.settings import Settings
+
+log = logging.getLogger(__name__)
+
+COMPACTED = {"cleanup.policy": "compact", "min.compaction.lag.ms": "60000"}
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str
+    partitions: int
+    config: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Topics:
+    """The project's topic names (with the configured prefix)."""
+
+    items: str
+    clicks: str
+    samples: str
+    item_features: str
+    proxies: str
+    control: str
+    dlq: str
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Topics:
+        p = settings.kafka.topic_prefix
+        return cls(
+            items=f"{p}items",
+            clicks=f"{p}clicks",
+            samples=f"{p}samples",
+            item_features=f"{p}item-features",
+            proxies=f"{p}proxies",
+            control=f"{p}control",
+            dlq=f"{p}dlq",
+        )
+
+    def specs(self, partitions: int) -> list[TopicSpec]:
+        return [
+            TopicSpec(self.items, partitions),
+            TopicSpec(self.clicks, partitions),
+            TopicSpec(self.samples, partitions),
+            TopicSpec(self.item_features, partitions, COMPACTED),
+            TopicSpec(self.proxies, partitions, COMPACTED),
+            TopicSpec(self.control, 1, COMPACTED),
+            TopicSpec(self.dlq, 1),
+        ]
+
+
+def ensure_topics(settings: Settings, admin_config: dict) -> Topics:
+    """Creates the missing topics (idempotent: existing ones are left as they are)."""
+    from kafka import KafkaAdminClient
+    from kafka.admin import NewTopic
+    from kafka.errors import TopicAlreadyExistsError
+
+    topics = Topics.from_settings(settings)
+    admin = KafkaAdminClient(**admin_config)
+    try:
+        existing = set(admin.list_topics())
+        missing = [
+            NewTopic(
+                s.name, s.partitions, settings.kafka.replication_factor, topic_configs=s.config
+            )
+            for s in topics.specs(settings.kafka.partitions)
+            if s.name not in existing
+        ]
+        if missing:
+            with contextlib.suppress(TopicAlreadyExistsError):  # another process was first
+                admin.create_topics(missing)
+            log.info("created topics %s", [t.name for t in missing])
+    finally:
+        admin.close()
+    return topics
