@@ -71,6 +71,7 @@ class KafkaSettings(BaseModel):
 
     bootstrap: str | None = Field(None, description="Use this cluster (broker-ladder rung 1)")
     rung: int | None = Field(None, description="Force a broker-ladder rung (1-4)")
+    embedded_tansu: bool = Field(False, description="The bootstrap is Tansu: apply its quirks")
     topic_prefix: str = ""
     compression: Literal["gzip", "none"] = "gzip"
     request_timeout_ms: int = 30000

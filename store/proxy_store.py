@@ -155,6 +155,11 @@ class ProxyStore:
         raw = self.db.get(f"ver/{version}".encode())
         return VersionInfo.model_validate_json(raw) if raw is not None else None
 
+    def version_info(self, version: str) -> VersionInfo | None:
+        """The version's metadata, or None if it does not exist."""
+        _check_version_name(version)
+        return self._info(version)
+
     def _require(self, version: str) -> VersionInfo:
         _check_version_name(version)
         info = self._info(version)

@@ -43,7 +43,10 @@ RUNG_NAMES = {1: "external", 2: "testcontainers", 3: "apache-kafka", 4: "tansu"}
 
 @dataclass(frozen=True)
 class Broker:
-    """A reachable broker: its bootstrap address, the rung it came from, client quirks."""
+    """A reachable broker: its bootstrap address, the rung it came from, client quirks.
+
+    ``child_env()`` is what a child process needs to reach the same broker.
+    """
 
     bootstrap: str
     rung: int
@@ -53,6 +56,12 @@ class Broker:
     @property
     def name(self) -> str:
         return RUNG_NAMES[self.rung]
+
+    def child_env(self) -> dict[str, str]:
+        env = {"IDPROXY_KAFKA_BOOTSTRAP": self.bootstrap}
+        if self.quirks:
+            env["IDPROXY_KAFKA_EMBEDDED_TANSU"] = "1"
+        return env
 
     @property
     def durable(self) -> bool:
@@ -203,6 +212,23 @@ def apache_kafka(
             shutil.rmtree(root, ignore_errors=True)
 
 
+TANSU_QUIRKS = {
+    # JoinGroup waits ~session_timeout/2 on Tansu
+    "session_timeout_ms": 6000,
+    "heartbeat_interval_ms": 1000,
+    # ListOffsets "latest" is wrong after multi-message batches (faust needs this)
+    "faust_producer_max_batch_size": 1,
+}
+
+
+def external_broker(settings: Settings) -> Broker:
+    """Rung 1 for child processes: the bootstrap from settings, Tansu quirks if it is one."""
+    if not settings.kafka.bootstrap:
+        raise RuntimeError("IDPROXY_KAFKA_BOOTSTRAP is not set")
+    quirks = TANSU_QUIRKS if settings.kafka.embedded_tansu else {}
+    return Broker(bootstrap=settings.kafka.bootstrap, rung=1, quirks=quirks)
+
+
 @contextlib.contextmanager
 def tansu() -> Iterator[Broker]:
     """Runs the embedded Tansu broker (memory storage) on a free loopback port."""
@@ -235,16 +261,7 @@ def tansu() -> Iterator[Broker]:
         )
     try:
         _wait_for_port(port, proc, 30, log_path)
-        quirks = {
-            # JoinGroup waits ~session_timeout/2 on Tansu
-            "session_timeout_ms": 6000,
-            "heartbeat_interval_ms": 1000,
-            # ListOffsets "latest" is wrong after multi-message batches (faust needs this)
-            "faust_producer_max_batch_size": 1,
-            # CreatePartitions is unsupported; DescribeConfigs answers nothing
-            "create_partitions": False,
-        }
-        yield Broker(bootstrap=f"127.0.0.1:{port}", rung=4, quirks=quirks, process=proc)
+        yield Broker(bootstrap=f"127.0.0.1:{port}", rung=4, quirks=TANSU_QUIRKS, process=proc)
     finally:
         _stop(proc)
         log_path.unlink(missing_ok=True)
@@ -265,7 +282,7 @@ def broker_from_ladder(settings: Settings, *, allow_docker: bool = False) -> Ite
     if forced not in (None, 1, 2, 3, 4):
         raise ValueError(f"IDPROXY_KAFKA_RUNG must be 1-4, got {forced}")
     if (forced in (None, 1)) and settings.kafka.bootstrap:
-        yield Broker(bootstrap=settings.kafka.bootstrap, rung=1)
+        yield external_broker(settings)
         return
     if forced == 1:
         raise RuntimeError("rung 1 forced but IDPROXY_KAFKA_BOOTSTRAP is not set")

@@ -1,0 +1,182 @@
+"""`idproxy materialize`: the `proxies` and `control` topics -> the RocksDB `ProxyStore`.
+
+The store is a materialised view of Kafka. Per polled batch:
+
+1. proxy records are grouped by version; an unknown version is staged; records are written
+   with one atomic ``write_batch`` per version (appends to a published version are allowed
+   for new items, identical rewrites are no-ops, a changed value is a conflict -> DLQ);
+2. ``VersionCommit`` markers register the expected item count of a version;
+3. a version whose marker arrived and whose count is reached is published (atomic pointer
+   switch), unless a newer version is already active;
+4. only then are the consumer offsets committed.
+
+A replica with an empty store and a fresh consumer group rebuilds every retained version
+from the compacted topics (``--group`` names the group; ``--from-beginning`` forces it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import time
+from collections import defaultdict
+
+from idproxy.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class Materializer:
+    """Consumes proxies + control into one store; the store's only writer."""
+
+    def __init__(
+        self, settings: Settings, broker, store, *, group_id: str = "idproxy-materializer"
+    ) -> None:
+        from kafka import KafkaConsumer, KafkaProducer
+
+        from streams.dlq import DeadLetterSink
+        from streams.kafka_config import common_config, consumer_config, producer_config
+        from streams.topics import ensure_topics
+
+        self.settings = settings
+        self.store = store
+        self.topics = ensure_topics(settings, common_config(settings, broker))
+        self.consumer = KafkaConsumer(
+            self.topics.proxies, self.topics.control, **consumer_config(settings, broker, group_id)
+        )
+        self.producer = KafkaProducer(**producer_config(settings, broker))
+        self.dlq = DeadLetterSink(self.producer, self.topics.dlq, component="materializer")
+        self.pending: dict[str, int] = {}  # version -> expected items, until published
+        self.freshness: list[float] = []  # seconds from upload to servable, per item
+        self.written = 0
+        self.stopping = False
+
+    def _write(self, messages: list) -> None:
+        import numpy as np
+
+        from store.errors import StoreError
+        from streams.events import (
+            EventError,
+            ProxyRecordEvent,
+            VersionCommit,
+            decode_frame,
+            parse_json,
+        )
+
+        by_version: dict[str, list] = defaultdict(list)
+        for m in messages:
+            try:
+                if m.topic == self.topics.control:
+                    commit = parse_json(m.value, VersionCommit)
+                    self.pending[commit.version] = max(
+                        self.pending.get(commit.version, 0), commit.expected_items
+                    )
+                else:
+                    header, arrays = decode_frame(m.value, ProxyRecordEvent)
+                    by_version[header.proxy_version].append((header, arrays, m))
+            except EventError as exc:
+                self.dlq.send(m, str(exc))
+        for version, rows in by_version.items():
+            latest = {h.item_id: (h, a, m) for h, a, m in rows}  # last record per item wins
+            ids = list(latest)
+            coarse = np.stack([latest[i][1]["p_coarse"] for i in ids])
+            fine = np.stack([latest[i][1]["p_fine"] for i in ids])
+            try:
+                if self.store.version_info(version) is None:
+                    self.store.stage(
+                        version, manifest={"encoder_version": rows[0][0].encoder_version}
+                    )
+                self.store.write_batch(version, ids, coarse, fine, append=True)
+            except StoreError as exc:
+                for h, _, m in latest.values():
+                    self.dlq.send(m, f"store rejected {h.item_id!r}@{version}: {exc}")
+                continue
+            now = time.time()
+            self.freshness.extend(now - h.uploaded_at for h, _, _ in latest.values())
+            self.written += len(ids)
+
+    def _publish_ready(self) -> None:
+        from store.errors import StoreError
+
+        for version, expected in list(self.pending.items()):
+            info = self.store.version_info(version)
+            if info is None:
+                continue  # its records have not arrived yet
+            if info.status != "staged":
+                del self.pending[version]
+                continue
+            if self.store.count_items(version) >= expected:
+                try:
+                    self.store.publish(version, expected_items=expected)
+                    log.info("published %s", version)
+                except StoreError as exc:
+                    log.error("could not publish %s: %s", version, exc)
+                del self.pending[version]
+
+    def step(self, timeout_ms: int = 500) -> int:
+        """One poll -> write -> publish -> commit cycle; returns the messages handled."""
+        polled = self.consumer.poll(timeout_ms=timeout_ms, max_records=2000)
+        messages = [m for records in polled.values() for m in records]
+        if messages:
+            self._write(messages)
+        self._publish_ready()
+        if messages:
+            self.producer.flush()
+            self.consumer.commit()
+        return len(messages)
+
+    def run(self, *, idle_exit_s: float | None = None) -> None:
+        previous = {
+            sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)
+        }
+        idle_since = time.time()
+        try:
+            while not self.stopping:
+                if self.step():
+                    idle_since = time.time()
+                elif idle_exit_s is not None and time.time() - idle_since > idle_exit_s:
+                    break
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            self.close()
+
+    def _on_signal(self, signum, frame) -> None:
+        self.stopping = True
+
+    def close(self) -> None:
+        self.producer.flush()
+        self.producer.close()
+        self.consumer.close(autocommit=False)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--store-path", help="store directory (default settings.store.path)")
+    parser.add_argument(
+        "--group", default="idproxy-materializer", help="consumer group (a new one rebuilds)"
+    )
+    parser.add_argument("--idle-exit", type=float, help="exit after this many idle seconds")
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    from store.cli import open_store
+    from store.errors import StoreError
+    from streams.broker import external_broker
+
+    if not settings.kafka.bootstrap:
+        print("error: set IDPROXY_KAFKA_BOOTSTRAP (e.g. from `idproxy broker`)")
+        return 2
+    try:
+        store = open_store(settings, args.store_path)
+    except StoreError as exc:
+        print(f"error: {exc}")
+        return 2
+    try:
+        materializer = Materializer(settings, external_broker(settings), store, group_id=args.group)
+        print(f"materializer ready (store {store.path})", flush=True)
+        materializer.run(idle_exit_s=args.idle_exit)
+        print(f"materializer stopped: {materializer.written} proxies written", flush=True)
+    finally:
+        store.close()
+    return 0

@@ -1,0 +1,316 @@
+"""`idproxy worker`: consumes `items`, runs the model once per item, produces features and
+proxies, then commits. One process per consumer-group member; scale by partitions.
+
+Per micro-batch (at most ``batch_max_items``, waiting at most ``batch_max_wait_ms``):
+
+1. parse and validate each ``ItemUploaded`` (size limits, image decoding); a bad one goes
+   to ``dlq`` with the reason and the original bytes;
+2. run ``ProxyService.run`` once for the valid items (an item that still fails is isolated
+   by running the batch item by item, and dead-lettered);
+3. produce an ``ItemFeaturesRecord`` (key = item id) and a ``ProxyRecordEvent``
+   (key = "<proxy version>/<item id>") per item, plus once per proxy version a
+   ``VersionCommit(expected_items=1)`` so the materializer publishes that version as soon
+   as it holds an item and appends later items to it;
+4. ``flush()`` the producer, and only then ``commit()`` the consumer offsets.
+
+So processing is at least once: a crash before the commit re-delivers the batch, and the
+re-produced records are identical (deterministic model, same version), which the
+materializer writes idempotently. SIGTERM finishes the current batch, commits and exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from idproxy.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class WorkerStats:
+    items: int = 0
+    dead_letters: int = 0
+    batches: int = 0
+    batch_seconds: list[float] = field(default_factory=list)
+
+
+class ProxyWorker:
+    """The consume → encode → produce → flush → commit loop."""
+
+    def __init__(self, settings: Settings, broker, service, *, client_id: str = "worker") -> None:
+        from kafka import KafkaConsumer, KafkaProducer
+
+        from streams.dlq import DeadLetterSink
+        from streams.kafka_config import consumer_config, producer_config
+        from streams.topics import ensure_topics
+
+        self.settings = settings
+        self.service = service
+        self.topics = ensure_topics(settings, _admin(settings, broker))
+        self.consumer = KafkaConsumer(
+            self.topics.items,
+            client_id=client_id,
+            **consumer_config(settings, broker, settings.worker.group_id),
+        )
+        self.producer = KafkaProducer(client_id=client_id, **producer_config(settings, broker))
+        self.dlq = DeadLetterSink(self.producer, self.topics.dlq, component="worker")
+        self.stats = WorkerStats()
+        self.stopping = False
+        self._announced: set[str] = set()
+        self._metrics = _Metrics(settings.worker.metrics_port)
+
+    # ------------------------------------------------------------------ parsing
+    def _content(self, message):
+        """ConsumerRecord -> (ItemUploaded, ItemContent); raises EventError/InvalidItemError."""
+        from proxy_model.encoder import ItemContent
+        from streams.events import EventError, ItemUploaded, parse_json
+
+        w = self.settings.worker
+        if message.value is not None and len(message.value) > w.max_image_bytes * 2:
+            raise EventError(f"message of {len(message.value)} bytes is over the size limit")
+        event = parse_json(message.value, ItemUploaded)
+        if len(event.title) + len(event.text) > w.max_text_chars:
+            raise EventError(
+                f"text of {len(event.title) + len(event.text)} chars, limit {w.max_text_chars}"
+            )
+        image = None
+        if event.image_b64 is not None:
+            image = self.service.load_image(event.image_b64)
+        elif event.image_path is not None:
+            image = self.service.load_image(
+                _read_image_path(event.image_path, w.image_root, w.max_image_bytes)
+            )
+        return event, ItemContent(event.content_text(), image)
+
+    # ------------------------------------------------------------------ the loop
+    def _poll_batch(self) -> list:
+        w = self.settings.worker
+        batch: list = []
+        deadline = None
+        while len(batch) < w.batch_max_items and not self.stopping:
+            timeout = 200 if deadline is None else max(0, int((deadline - time.time()) * 1000))
+            polled = self.consumer.poll(
+                timeout_ms=timeout, max_records=w.batch_max_items - len(batch)
+            )
+            for records in polled.values():
+                batch.extend(records)
+            if batch and deadline is None:
+                deadline = time.time() + w.batch_max_wait_ms / 1000
+            if deadline is None and not polled:
+                return batch  # idle: let the caller check for stop / idle exit
+            if deadline is not None and time.time() >= deadline:
+                break
+        return batch
+
+    def process(self, messages: list) -> None:
+        """Validates, encodes and produces one micro-batch (no commit)."""
+        from proxy_model.errors import InvalidItemError
+        from streams.events import EventError
+
+        valid: dict[str, tuple] = {}  # item id -> (event, content); last upload wins
+        for message in messages:
+            try:
+                event, content = self._content(message)
+            except (EventError, InvalidItemError) as exc:
+                self.dlq.send(message, str(exc))
+                continue
+            valid[event.item_id] = (event, content, message)
+        if not valid:
+            return
+        rows = list(valid.values())
+        try:
+            outputs = [self.service.run([c for _, c, _ in rows])]
+            groups = [rows]
+        except InvalidItemError:  # isolate the offending item(s)
+            outputs, groups = [], []
+            for row in rows:
+                try:
+                    outputs.append(self.service.run([row[1]]))
+                    groups.append([row])
+                except InvalidItemError as exc:
+                    self.dlq.send(row[2], str(exc))
+        for out, group in zip(outputs, groups, strict=True):
+            self._produce(out, [e for e, _, _ in group])
+
+    def _produce(self, out, events) -> None:
+        from streams.events import (
+            ItemFeaturesRecord,
+            ProxyRecordEvent,
+            VersionCommit,
+            encode_frame,
+            to_json,
+        )
+
+        version = self.service.proxy_version
+        if version not in self._announced:
+            commit = VersionCommit(version=version, expected_items=1)
+            self.producer.send(self.topics.control, key=version.encode(), value=to_json(commit))
+            self._announced.add(version)
+        now = time.time()
+        for k, event in enumerate(events):
+            key = event.item_id.encode()
+            features = ItemFeaturesRecord(
+                item_id=event.item_id,
+                encoder_version=self.service.encoder_version,
+                uploaded_at=event.uploaded_at,
+                produced_at=now,
+            )
+            self.producer.send(
+                self.topics.item_features,
+                key=key,
+                value=encode_frame(
+                    features, {"z": out.z[k].numpy(), "z_groups": out.z_groups[k].numpy()}
+                ),
+            )
+            proxy = ProxyRecordEvent(
+                item_id=event.item_id,
+                proxy_version=version,
+                encoder_version=self.service.encoder_version,
+                uploaded_at=event.uploaded_at,
+                produced_at=now,
+            )
+            self.producer.send(
+                self.topics.proxies,
+                key=f"{version}/{event.item_id}".encode(),
+                value=encode_frame(
+                    proxy, {"p_coarse": out.p_coarse[k].numpy(), "p_fine": out.p_fine[k].numpy()}
+                ),
+            )
+        self.stats.items += len(events)
+
+    def run(
+        self, *, idle_exit_s: float | None = None, max_batches: int | None = None
+    ) -> WorkerStats:
+        """Loops until SIGTERM/SIGINT, ``idle_exit_s`` without input, or ``max_batches``."""
+        previous = {
+            sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)
+        }
+        idle_since = time.time()
+        try:
+            while not self.stopping:
+                messages = self._poll_batch()
+                if not messages:
+                    if idle_exit_s is not None and time.time() - idle_since > idle_exit_s:
+                        break
+                    continue
+                started = time.time()
+                self.process(messages)
+                self.producer.flush()  # durable first ...
+                self.consumer.commit()  # ... then the offsets
+                took = time.time() - started
+                self.stats.batches += 1
+                self.stats.batch_seconds.append(took)
+                self.stats.dead_letters = self.dlq.count
+                self._metrics.observe(self, len(messages), took)
+                idle_since = time.time()
+                if max_batches is not None and self.stats.batches >= max_batches:
+                    break
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            self.close()
+        return self.stats
+
+    def _on_signal(self, signum, frame) -> None:
+        log.info("signal %d: finishing the current batch", signum)
+        self.stopping = True
+
+    def close(self) -> None:
+        self.producer.flush()
+        self.producer.close()
+        self.consumer.close(autocommit=False)
+
+
+def _read_image_path(path: str, root: str | None, max_bytes: int) -> bytes:
+    from proxy_model.errors import InvalidItemError
+
+    if root is None:
+        raise InvalidItemError("image_path given but IDPROXY_WORKER_IMAGE_ROOT is not set")
+    base = Path(root).resolve()
+    target = (base / path).resolve()
+    if base not in target.parents:
+        raise InvalidItemError(f"image_path {path!r} is outside the image root")
+    if not target.is_file():
+        raise InvalidItemError(f"image_path {path!r} does not exist")
+    if target.stat().st_size > max_bytes:
+        raise InvalidItemError(f"image file is over {max_bytes} bytes")
+    return target.read_bytes()
+
+
+def _admin(settings: Settings, broker) -> dict:
+    from streams.kafka_config import common_config
+
+    return common_config(settings, broker)
+
+
+class _Metrics:
+    """Prometheus metrics on 127.0.0.1:port (off when port is 0)."""
+
+    def __init__(self, port: int) -> None:
+        self.enabled = port > 0
+        if not self.enabled:
+            return
+        from prometheus_client import (
+            CollectorRegistry,
+            Counter,
+            Gauge,
+            Histogram,
+            start_http_server,
+        )
+
+        self.registry = CollectorRegistry()
+        self.items = Counter("idproxy_worker_items", "items proxied", registry=self.registry)
+        self.dlq = Gauge("idproxy_worker_dead_letters", "dead letters sent", registry=self.registry)
+        self.latency = Histogram(
+            "idproxy_worker_batch_seconds", "batch latency", registry=self.registry
+        )
+        self.lag = Gauge(
+            "idproxy_worker_lag", "high watermark - committed offset", registry=self.registry
+        )
+        start_http_server(port, addr="127.0.0.1", registry=self.registry)
+
+    def observe(self, worker: ProxyWorker, n_messages: int, seconds: float) -> None:
+        if not self.enabled:
+            return
+        self.items.inc(n_messages)
+        self.dlq.set(worker.dlq.count)
+        self.latency.observe(seconds)
+        lag = 0
+        for tp in worker.consumer.assignment():
+            high = worker.consumer.highwater(tp)
+            committed = worker.consumer.committed(tp) or 0
+            if high is not None:
+                lag += max(0, high - committed)
+        self.lag.set(lag)
+
+
+# ---------------------------------------------------------------------- CLI
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--tiny", action="store_true", help="tiny random model (tests)")
+    parser.add_argument("--idle-exit", type=float, help="exit after this many idle seconds")
+    parser.add_argument("--client-id", default="worker")
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    from proxy_model.service import ProxyService
+    from streams.broker import external_broker
+
+    if not settings.kafka.bootstrap:
+        print("error: set IDPROXY_KAFKA_BOOTSTRAP (e.g. from `idproxy broker`)")
+        return 2
+    service = ProxyService.tiny() if args.tiny else ProxyService.from_settings(settings)
+    broker = external_broker(settings)
+    worker = ProxyWorker(settings, broker, service, client_id=args.client_id)
+    print(f"worker {args.client_id} ready (proxy version {service.proxy_version})", flush=True)
+    stats = worker.run(idle_exit_s=args.idle_exit)
+    print(
+        f"worker {args.client_id} stopped: {stats.items} items, {stats.dead_letters} dead letters",
+        flush=True,
+    )
+    return 0
