@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import logging
 
 from streams.events import DeadLetter, to_json
@@ -24,16 +25,16 @@ class DeadLetterSink:
 
     def send(self, message, reason: str) -> None:
         """``message``: a kafka-python ConsumerRecord (topic, partition, offset, key, value)."""
-        letter = DeadLetter(
-            source_topic=message.topic,
-            partition=message.partition,
-            offset=message.offset,
-            key_b64=message.key,
-            value_b64=message.value if message.value is not None else b"",
-            reason=reason[:2000],
-            component=self.component,
-        )
         try:
+            letter = DeadLetter(
+                source_topic=message.topic,
+                partition=message.partition,
+                offset=message.offset,
+                key_b64=base64.b64encode(message.key) if message.key is not None else None,
+                value_b64=base64.b64encode(message.value or b""),
+                reason=reason[:2000],
+                component=self.component,
+            )
             self.producer.send(self.topic, key=message.key, value=to_json(letter))
             self.count += 1
             log.warning(

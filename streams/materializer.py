@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import time
 from collections import defaultdict
 
 from idproxy.settings import Settings
+from streams.lifecycle import stop_signals
 
 log = logging.getLogger(__name__)
 
@@ -127,19 +127,16 @@ class Materializer:
         return len(messages)
 
     def run(self, *, idle_exit_s: float | None = None) -> None:
-        previous = {
-            sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)
-        }
+        """Loops until SIGTERM/SIGINT or ``idle_exit_s`` without input."""
         idle_since = time.time()
         try:
-            while not self.stopping:
-                if self.step():
-                    idle_since = time.time()
-                elif idle_exit_s is not None and time.time() - idle_since > idle_exit_s:
-                    break
+            with stop_signals(self._on_signal):
+                while not self.stopping:
+                    if self.step():
+                        idle_since = time.time()
+                    elif idle_exit_s is not None and time.time() - idle_since > idle_exit_s:
+                        break
         finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
             self.close()
 
     def _on_signal(self, signum, frame) -> None:

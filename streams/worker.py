@@ -22,12 +22,12 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from idproxy.settings import Settings
+from streams.lifecycle import stop_signals
 
 log = logging.getLogger(__name__)
 
@@ -188,32 +188,28 @@ class ProxyWorker:
         self, *, idle_exit_s: float | None = None, max_batches: int | None = None
     ) -> WorkerStats:
         """Loops until SIGTERM/SIGINT, ``idle_exit_s`` without input, or ``max_batches``."""
-        previous = {
-            sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)
-        }
         idle_since = time.time()
         try:
-            while not self.stopping:
-                messages = self._poll_batch()
-                if not messages:
-                    if idle_exit_s is not None and time.time() - idle_since > idle_exit_s:
+            with stop_signals(self._on_signal):
+                while not self.stopping:
+                    messages = self._poll_batch()
+                    if not messages:
+                        if idle_exit_s is not None and time.time() - idle_since > idle_exit_s:
+                            break
+                        continue
+                    started = time.time()
+                    self.process(messages)
+                    self.producer.flush()  # durable first ...
+                    self.consumer.commit()  # ... then the offsets
+                    took = time.time() - started
+                    self.stats.batches += 1
+                    self.stats.batch_seconds.append(took)
+                    self.stats.dead_letters = self.dlq.count
+                    self._metrics.observe(self, len(messages), took)
+                    idle_since = time.time()
+                    if max_batches is not None and self.stats.batches >= max_batches:
                         break
-                    continue
-                started = time.time()
-                self.process(messages)
-                self.producer.flush()  # durable first ...
-                self.consumer.commit()  # ... then the offsets
-                took = time.time() - started
-                self.stats.batches += 1
-                self.stats.batch_seconds.append(took)
-                self.stats.dead_letters = self.dlq.count
-                self._metrics.observe(self, len(messages), took)
-                idle_since = time.time()
-                if max_batches is not None and self.stats.batches >= max_batches:
-                    break
         finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
             self.close()
         return self.stats
 

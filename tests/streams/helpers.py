@@ -1,0 +1,95 @@
+"""Helpers for the integration tests: produce, drain a topic, run loops in threads."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+from kafka import KafkaConsumer, KafkaProducer
+
+from streams.kafka_config import common_config, consumer_config, producer_config
+
+
+def produce(settings, broker, topic: str, messages: list[tuple[bytes | None, bytes]]) -> None:
+    producer = KafkaProducer(**producer_config(settings, broker))
+    for key, value in messages:
+        producer.send(topic, key=key, value=value)
+    producer.flush()
+    producer.close()
+
+
+def drain(settings, broker, topic: str, idle_s: float = 3.0, timeout_s: float = 60.0) -> list:
+    """Every record of ``topic`` from the beginning (no group), until idle."""
+    consumer = KafkaConsumer(topic, **consumer_config(settings, broker, None))
+    records, last = [], time.time()
+    end = time.time() + timeout_s
+    while time.time() < end and time.time() - last < idle_s:
+        for batch in consumer.poll(timeout_ms=300).values():
+            records.extend(batch)
+            last = time.time()
+    consumer.close()
+    return records
+
+
+def item_event(i: int, **extra) -> bytes:
+    return json.dumps(
+        {
+            "item_id": str(i),
+            "title": f"Item number {i}",
+            "text": "a test item",
+            "uploaded_at": time.time(),
+            **extra,
+        }
+    ).encode()
+
+
+class CliProcess:
+    """An `idproxy` subprocess pointed at the test broker and topics; output goes to a file
+    (a pipe nobody reads would fill up and block the child)."""
+
+    def __init__(self, settings, broker, *args: str) -> None:
+        env = {
+            **os.environ,
+            **broker.child_env(),
+            "IDPROXY_KAFKA_TOPIC_PREFIX": settings.kafka.topic_prefix,
+            "IDPROXY_KAFKA_PARTITIONS": str(settings.kafka.partitions),
+            "IDPROXY_WORKER_BATCH_MAX_ITEMS": str(settings.worker.batch_max_items),
+            "IDPROXY_WORKER_BATCH_MAX_WAIT_MS": str(settings.worker.batch_max_wait_ms),
+            "IDPROXY_MODEL_ID_DIM": str(settings.model.id_dim),
+            "IDPROXY_STORE_PATH": settings.store.path,
+        }
+        fd, self.log_path = tempfile.mkstemp(prefix="idproxy-cli-", suffix=".log")
+        self.log = os.fdopen(fd, "w")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "idproxy.cli", *args],
+            env=env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def output(self) -> str:
+        with open(self.log_path) as fh:
+            return fh.read()
+
+    def wait_for(self, needle: str, timeout: float = 120) -> None:
+        end = time.time() + timeout
+        while needle not in self.output():
+            if self.proc.poll() is not None or time.time() > end:
+                raise AssertionError(f"{needle!r} never appeared:\n{self.output()[-3000:]}")
+            time.sleep(0.2)
+
+    def finish(self, timeout: float = 300) -> str:
+        self.proc.wait(timeout=timeout)
+        return self.output()
+
+    def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=30)
+
+
+__all__ = ["common_config", "CliProcess", "drain", "item_event", "produce"]
