@@ -10,8 +10,11 @@ setup:
 demo: setup
 	$(VENV)/bin/idproxy demo
 
+# The full suite (integration tests on the broker ladder: Apache Kafka where Java and the
+# jars are present), then the smoke subset again on the embedded Tansu broker (rung 4).
 test: setup
 	$(VENV)/bin/python -m pytest -q
+	IDPROXY_KAFKA_RUNG=4 $(VENV)/bin/python -m pytest -q -m smoke
 
 lint: setup
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
