@@ -66,6 +66,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
         prefix = b"prx/v1/"
         many, raw = [], []
+
         def timed_get_many(batch: list[str]) -> None:
             t = time.perf_counter()
             res = store.get_many(batch)

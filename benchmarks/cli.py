@@ -14,6 +14,7 @@ from idproxy.settings import Settings
 BENCHMARKS: dict[str, tuple[str, str]] = {
     "encoder": ("benchmarks.bench_encoder", "items/s of the default encoder; proxy-path overhead"),
     "store": ("benchmarks.bench_store", "proxy store latency/throughput, in process and over HTTP"),
+    "pipeline": ("benchmarks.bench_pipeline", "publish rate, worker vs bare model, freshness"),
 }
 
 

@@ -38,6 +38,8 @@ class WorkerStats:
     dead_letters: int = 0
     batches: int = 0
     batch_seconds: list[float] = field(default_factory=list)
+    first_batch_at: float | None = None  # time.time() when the first batch arrived
+    finished_at: float | None = None  # time.time() after the last commit
 
 
 class ProxyWorker:
@@ -198,10 +200,13 @@ class ProxyWorker:
                             break
                         continue
                     started = time.time()
+                    if self.stats.first_batch_at is None:
+                        self.stats.first_batch_at = started
                     self.process(messages)
                     self.producer.flush()  # durable first ...
                     self.consumer.commit()  # ... then the offsets
-                    took = time.time() - started
+                    self.stats.finished_at = time.time()
+                    took = self.stats.finished_at - started
                     self.stats.batches += 1
                     self.stats.batch_seconds.append(took)
                     self.stats.dead_letters = self.dlq.count
