@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "publish": ("streams.publish", "publish items/clicks from a file, or replay MovieLens-100K"),
     "worker": ("streams.worker", "run a proxy worker (items -> features + proxies)"),
     "materialize": ("streams.materializer", "materialise the proxies topic into the store"),
+    "processor": ("streams.processor", "run the faust stream processor (clicks -> samples)"),
     "settings": ("idproxy.show_settings", "print the effective settings as JSON"),
 }
 

@@ -1,0 +1,183 @@
+"""`idproxy processor`: the faust stream processor, clicks -> training samples.
+
+A table must be updated by the partition that owns its key, so the work runs in two
+co-partitioned steps (each table is a faust Table stored in RocksDB via rocksdict, backed
+by a changelog topic, and recovered after a restart):
+
+1. ``with_history`` (clicks, keyed by user): parse each click; a bad one goes to ``dlq``
+   with the reason and the original bytes. Table ``user-history`` holds the user's last
+   ``history_len`` clicks (label 1) as (click offset, item), in time order. The click takes
+   the history of clicks with a *smaller offset* (strictly before it: no leakage), then is
+   appended if it is a click. It gets ``sample_id`` = ``<clicks topic>/<partition>/<offset>``
+   and is re-keyed by item onto ``clicks-by-item``.
+2. ``with_item_state`` (clicks-by-item and items, keyed by item): tables ``item-uploaded``
+   (first upload time) and ``item-interactions`` (count, plus the count each recent
+   sample id saw). The click reads the count and age *before* counting itself, is flagged
+   ``item_known=False`` when no upload was seen yet, and becomes a ``TrainingSample`` on
+   ``samples`` keyed by user.
+
+Processing is at least once, and re-deliveries after a crash are idempotent: a replayed
+click does not enter the history or the count twice, and its sample is rebuilt from the
+offsets and remembered counts, so it is identical to the first one (same ``sample_id``,
+same content); consumers de-duplicate by ``sample_id``.
+
+How the trainer treats ``item_known=False``: the item's proxy is missing (its upload has
+not been processed), so the row trains the ID slot only, with the proxy miss mask set; the
+click still counts towards the item's τ counter.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+from idproxy.settings import Settings
+
+log = logging.getLogger(__name__)
+
+REPLAY_WINDOW = 2000  # per item: sample ids remembered to recognise re-deliveries
+
+
+def build_app(settings: Settings, broker, datadir: Path):
+    """The faust app with its topics, tables and agents (not started)."""
+    import faust
+
+    from streams.events import Click, EventError, ItemUploaded, TrainingSample, parse_json, to_json
+    from streams.kafka_config import common_config
+    from streams.topics import ensure_topics
+
+    topics = ensure_topics(settings, common_config(settings, broker))
+    p = settings.kafka.topic_prefix
+    partitions = settings.kafka.partitions
+    quirks = broker.quirks
+    app = faust.App(
+        f"{p}idproxy-processor",
+        broker=f"kafka://{broker.bootstrap}",
+        store="rocksdb://",
+        datadir=str(datadir),
+        topic_partitions=partitions,
+        topic_replication_factor=settings.kafka.replication_factor,
+        web_enabled=False,
+        web_host="127.0.0.1",
+        consumer_auto_offset_reset="earliest",
+        producer_max_batch_size=quirks.get("faust_producer_max_batch_size", 16384),
+        broker_session_timeout=quirks.get("session_timeout_ms", 60000) / 1000,
+        broker_heartbeat_interval=quirks.get("heartbeat_interval_ms", 3000) / 1000,
+        table_cleanup_interval=3600,
+        key_serializer="raw",
+        value_serializer="raw",
+    )
+    clicks = app.topic(topics.clicks, partitions=partitions)
+    items = app.topic(topics.items, partitions=partitions)
+    by_item = app.topic(f"{p}clicks-by-item", partitions=partitions, internal=True)
+    samples = app.topic(topics.samples, partitions=partitions)
+    dlq = app.topic(topics.dlq)
+    rocks = {"driver": "rocksdict"}
+    uploaded = app.Table("item-uploaded", partitions=partitions, options=rocks)
+    counts = app.Table("item-interactions", default=dict, partitions=partitions, options=rocks)
+    history = app.Table("user-history", default=list, partitions=partitions, options=rocks)
+    history_len = settings.trainer.history_len
+
+    async def dead_letter(event, reason: str) -> None:
+        import base64
+
+        from streams.events import DeadLetter
+
+        letter = DeadLetter(
+            source_topic=event.message.topic,
+            partition=event.message.partition,
+            offset=event.message.offset,
+            key_b64=base64.b64encode(event.key) if event.key else None,
+            value_b64=base64.b64encode(event.value or b""),
+            reason=reason,
+            component="processor",
+        )
+        await dlq.send(key=event.key, value=to_json(letter))
+
+    @app.agent(clicks)
+    async def with_history(stream):
+        async for event in stream.events():
+            try:
+                click = parse_json(event.value, Click)
+            except EventError as exc:
+                await dead_letter(event, str(exc))
+                continue
+            m = event.message
+            entries = history[click.user_id]  # [[click offset, item id], ...], time-ordered
+            before = [item for offset, item in entries if offset < m.offset]
+            replayed = any(offset == m.offset for offset, _ in entries)
+            if click.label == 1 and not replayed:
+                history[click.user_id] = (entries + [[m.offset, click.item_id]])[-history_len:]
+            doc = {
+                **click.model_dump(),
+                "sample_id": f"{m.topic}/{m.partition}/{m.offset}",
+                "history": before[-history_len:],
+            }
+            await by_item.send(key=click.item_id.encode(), value=json.dumps(doc).encode())
+
+    @app.agent(items)
+    async def remember_uploads(stream):
+        async for event in stream.events():
+            try:
+                item = parse_json(event.value, ItemUploaded)
+            except EventError:
+                continue  # the proxy workers dead-letter bad uploads; not reported twice
+            if item.item_id not in uploaded:
+                uploaded[item.item_id] = item.uploaded_at
+
+    @app.agent(by_item)
+    async def with_item_state(stream):
+        async for value in stream:
+            doc = json.loads(value)
+            item = doc["item_id"]
+            upload_ts = uploaded.get(item)
+            state = counts[item] or {"n": 0, "recent": {}}
+            seen_before = state["recent"].get(doc["sample_id"])
+            if seen_before is None:  # first delivery: count it
+                seen_before = state["n"]
+                recent = {**state["recent"], doc["sample_id"]: seen_before}
+                counts[item] = {
+                    "n": seen_before + 1,
+                    "recent": dict(list(recent.items())[-REPLAY_WINDOW:]),
+                }
+            sample = TrainingSample(
+                sample_id=doc["sample_id"],
+                user_id=doc["user_id"],
+                item_id=item,
+                label=doc["label"],
+                ts=doc["ts"],
+                history=doc["history"],
+                item_interactions=seen_before,
+                item_age_s=None if upload_ts is None else max(0.0, doc["ts"] - upload_ts),
+                item_known=upload_ts is not None,
+                context=doc.get("context", {}),
+            )
+            await samples.send(key=doc["user_id"].encode(), value=to_json(sample))
+
+    return app
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--datadir", help="table state directory (default <cache>/processor)")
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    from streams.broker import external_broker
+
+    if not settings.kafka.bootstrap:
+        print("error: set IDPROXY_KAFKA_BOOTSTRAP (e.g. from `idproxy broker`)")
+        return 2
+    datadir = Path(args.datadir or Path(settings.cache_dir) / "processor")
+    datadir.mkdir(parents=True, exist_ok=True)
+    app = build_app(settings, external_broker(settings), datadir)
+    from faust.worker import Worker
+
+    from streams.broker import free_port
+
+    app.conf.web_bind = "127.0.0.1"  # faust binds its web port even with the web disabled
+    app.conf.web_port = free_port()
+    print(f"processor ready (state in {datadir})", flush=True)
+    Worker(app, loglevel="WARNING", redirect_stdouts=False).execute_from_commandline()
+    return 0

@@ -1,0 +1,148 @@
+"""The faust stream processor on a real broker: samples, no leakage, DLQ, restart."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+
+from streams.events import DeadLetter, TrainingSample, parse_json
+from streams.topics import Topics, ensure_topics
+from tests.streams.helpers import CliProcess, common_config, drain, item_event, produce
+
+pytestmark = pytest.mark.kafka
+
+
+def _clicks(n: int, seed: int = 0) -> list[dict]:
+    rng = random.Random(seed)
+    return [
+        {
+            "user_id": f"u{rng.randrange(6)}",
+            "item_id": str(rng.randrange(12)),
+            "label": rng.randrange(2),
+            "ts": 1000.0 + k,
+        }
+        for k in range(n)
+    ]
+
+
+def expected_samples(clicks: list[dict], uploads: dict[str, float], history_len: int) -> dict:
+    """Pure-Python recomputation, per (user, ts): history before the click, item state."""
+    history: dict[str, list[str]] = {}
+    counts: dict[str, int] = {}
+    out = {}
+    for c in clicks:
+        before = list(history.get(c["user_id"], []))
+        out[(c["user_id"], c["ts"])] = {
+            "history": before,
+            "item_interactions": counts.get(c["item_id"], 0),
+            "item_known": c["item_id"] in uploads,
+        }
+        counts[c["item_id"]] = counts.get(c["item_id"], 0) + 1
+        if c["label"] == 1:
+            history[c["user_id"]] = (before + [c["item_id"]])[-history_len:]
+    return out
+
+
+def _run_processor(settings, broker, tmp_path):
+    proc = CliProcess(settings, broker, "processor", "--datadir", str(tmp_path / "processor"))
+    proc.wait_for("ready")
+    return proc
+
+
+def _samples(settings, broker, topics, want: int) -> list[TrainingSample]:
+    got: list = []
+    for _ in range(20):
+        got = drain(settings, broker, topics.samples, idle_s=3, timeout_s=30)
+        if len({parse_json(r.value, TrainingSample).sample_id for r in got}) >= want:
+            break
+    return [parse_json(r.value, TrainingSample) for r in got]
+
+
+def _check(samples, clicks, uploads, history_len):
+    want = expected_samples(clicks, uploads, history_len)
+    unique = {s.sample_id: s for s in samples}
+    assert len(unique) == len(clicks)
+    for s in samples:  # re-deliveries are identical to the first delivery
+        assert s == unique[s.sample_id]
+    for s in unique.values():
+        exp = want[(s.user_id, s.ts)]
+        assert s.history == exp["history"], s
+        assert s.item_known == exp["item_known"]
+        assert (
+            s.item_id not in s.history[-1:] or s.history.count(s.item_id) >= 1
+        )  # earlier clicks only
+    print(f"{len(samples)} sample records for {len(clicks)} clicks")
+
+
+@pytest.mark.smoke
+def test_clicks_become_samples_with_history_before_the_click(
+    kafka_settings, kafka_broker, tmp_path
+):
+    topics = ensure_topics(kafka_settings, common_config(kafka_settings, kafka_broker))
+    history_len = kafka_settings.trainer.history_len
+    uploads = {str(i): 900.0 for i in range(8)}  # items 8-11 are never uploaded
+    produce(
+        kafka_settings,
+        kafka_broker,
+        topics.items,
+        [(i.encode(), item_event(int(i), uploaded_at=t)) for i, t in uploads.items()],
+    )
+    proc = _run_processor(kafka_settings, kafka_broker, tmp_path)
+    try:
+        clicks = _clicks(80)
+        bad = [
+            b"{oops",
+            json.dumps({**clicks[0], "label": 7}).encode(),
+            json.dumps({**clicks[0], "ts": "x"}).encode(),
+        ]
+        produce(
+            kafka_settings,
+            kafka_broker,
+            topics.clicks,
+            [(c["user_id"].encode(), json.dumps(c).encode()) for c in clicks]
+            + [(b"u0", b) for b in bad],
+        )
+        samples = _samples(kafka_settings, kafka_broker, topics, len(clicks))
+        _check(samples, clicks, uploads, history_len)
+        letters = [
+            parse_json(r.value, DeadLetter) for r in drain(kafka_settings, kafka_broker, topics.dlq)
+        ]
+        assert len(letters) == len(bad) and all(
+            letter.component == "processor" for letter in letters
+        )
+    finally:
+        proc.proc.terminate()
+        proc.finish(timeout=60)
+
+
+def test_processor_killed_and_restarted_recovers_its_tables(kafka_settings, kafka_broker, tmp_path):
+    topics = Topics.from_settings(kafka_settings)
+    ensure_topics(kafka_settings, common_config(kafka_settings, kafka_broker))
+    uploads: dict[str, float] = {}
+    clicks = _clicks(120, seed=1)
+    first, second = clicks[:60], clicks[60:]
+    proc = _run_processor(kafka_settings, kafka_broker, tmp_path)
+    produce(
+        kafka_settings,
+        kafka_broker,
+        topics.clicks,
+        [(c["user_id"].encode(), json.dumps(c).encode()) for c in first],
+    )
+    _samples(kafka_settings, kafka_broker, topics, len(first))
+    proc.kill()  # SIGKILL: no clean shutdown, no final commit
+    # restart with an empty state directory: the tables must come back from the changelogs
+    proc = _run_processor(kafka_settings, kafka_broker, tmp_path / "fresh")
+    try:
+        produce(
+            kafka_settings,
+            kafka_broker,
+            topics.clicks,
+            [(c["user_id"].encode(), json.dumps(c).encode()) for c in second],
+        )
+        samples = _samples(kafka_settings, kafka_broker, topics, len(clicks))
+        _check(samples, clicks, uploads, kafka_settings.trainer.history_len)
+    finally:
+        proc.proc.terminate()
+        proc.finish(timeout=60)
