@@ -2,10 +2,10 @@
 # Fetches the Apache Kafka broker jars (KRaft, single node) through Maven into a cache outside
 # the clone, for rung 3 of the broker ladder (streams/broker.py). Idempotent.
 #   KAFKA_VERSION   default 4.1.0 (Scala 2.13 build)
-#   IDPROXY_KAFKA_JARS  destination, default ~/.cache/idproxy/kafka-$KAFKA_VERSION/libs
+#   IDPROXY_KAFKA_JARS  destination, default ${IDPROXY_CACHE_DIR:-~/.cache/idproxy}/kafka-$KAFKA_VERSION/libs
 set -euo pipefail
 version="${KAFKA_VERSION:-4.1.0}"
-dest="${IDPROXY_KAFKA_JARS:-$HOME/.cache/idproxy/kafka-$version/libs}"
+dest="${IDPROXY_KAFKA_JARS:-${IDPROXY_CACHE_DIR:-$HOME/.cache/idproxy}/kafka-$version/libs}"
 if [ -f "$dest/.complete" ]; then
   echo "[kafka] jars ready in $dest"
   exit 0

@@ -41,3 +41,14 @@ def kafka_settings(kafka_broker, tmp_path, record_property):
 def pytest_terminal_summary(terminalreporter):
     for line in _RUNGS:
         terminalreporter.write_line(f"kafka broker used by the integration tests: {line}")
+
+
+@pytest.fixture
+def durable_broker(kafka_broker):
+    """Skips on the embedded Tansu rung, whose known defects these tests would hit."""
+    if not kafka_broker.durable:
+        pytest.skip(
+            "Tansu (rung 4): ListOffsets/recovery defects (see FINDINGS.md) break replays "
+            "from zero and faust table recovery; this runs on the Apache Kafka rung"
+        )
+    return kafka_broker

@@ -154,7 +154,9 @@ def test_two_workers_split_the_partitions(kafka_settings, kafka_broker):
     assert len(got) <= n * 1.2  # about once each; re-deliveries on rebalance are idempotent
 
 
-def test_replica_rebuilds_the_store_from_zero(kafka_settings, kafka_broker, service, tmp_path):
+def test_replica_rebuilds_the_store_from_zero(
+    kafka_settings, kafka_broker, durable_broker, service, tmp_path
+):
     topics = Topics.from_settings(kafka_settings)
     worker = ProxyWorker(kafka_settings, kafka_broker, service)
     produce(

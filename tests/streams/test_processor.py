@@ -117,7 +117,9 @@ def test_clicks_become_samples_with_history_before_the_click(
         proc.finish(timeout=60)
 
 
-def test_processor_killed_and_restarted_recovers_its_tables(kafka_settings, kafka_broker, tmp_path):
+def test_processor_killed_and_restarted_recovers_its_tables(
+    kafka_settings, kafka_broker, durable_broker, tmp_path
+):
     topics = Topics.from_settings(kafka_settings)
     ensure_topics(kafka_settings, common_config(kafka_settings, kafka_broker))
     uploads: dict[str, float] = {}

@@ -1,0 +1,37 @@
+"""`idproxy publish items|clicks FILE`: JSONL and CSV reach the topic, keyed."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from streams.topics import Topics
+from tests.streams.helpers import CliProcess, drain
+
+pytestmark = pytest.mark.kafka
+
+
+def test_publish_jsonl_and_csv(kafka_settings, kafka_broker, tmp_path):
+    topics = Topics.from_settings(kafka_settings)
+    jsonl = tmp_path / "items.jsonl"
+    jsonl.write_text(
+        "\n".join(json.dumps({"item_id": str(i), "title": f"t{i}"}) for i in range(5))
+        + "\n{broken\n"
+    )
+    csv_file = tmp_path / "clicks.csv"
+    csv_file.write_text(
+        "user_id,item_id,label,ts\n" + "\n".join(f"u{i},{i},1,{100 + i}" for i in range(4)) + "\n"
+    )
+    for kind, path in (("items", jsonl), ("clicks", csv_file)):
+        out = CliProcess(kafka_settings, kafka_broker, "publish", kind, str(path)).finish(
+            timeout=120
+        )
+        assert '"published"' in out, out
+    items = drain(kafka_settings, kafka_broker, topics.items)
+    assert len(items) == 6  # the broken line is sent as is: the worker dead-letters it
+    assert {r.key for r in items} == {str(i).encode() for i in range(5)} | {None}
+    clicks = drain(kafka_settings, kafka_broker, topics.clicks)
+    docs = [json.loads(r.value) for r in clicks]
+    assert sorted(d["ts"] for d in docs) == [100, 101, 102, 103]
+    assert all(r.key == f"u{d['item_id']}".encode() for r, d in zip(clicks, docs, strict=True))
