@@ -26,6 +26,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kafka import ConsumerRebalanceListener
+
 from idproxy.settings import Settings
 from streams.lifecycle import stop_signals
 
@@ -56,10 +58,9 @@ class ProxyWorker:
         self.service = service
         self.topics = ensure_topics(settings, _admin(settings, broker))
         self.consumer = KafkaConsumer(
-            self.topics.items,
-            client_id=client_id,
-            **consumer_config(settings, broker, settings.worker.group_id),
+            client_id=client_id, **consumer_config(settings, broker, settings.worker.group_id)
         )
+        self.consumer.subscribe([self.topics.items], listener=_AssignmentLog(client_id))
         self.producer = KafkaProducer(client_id=client_id, **producer_config(settings, broker))
         self.dlq = DeadLetterSink(self.producer, self.topics.dlq, component="worker")
         self.stats = WorkerStats()
@@ -226,6 +227,20 @@ class ProxyWorker:
         self.producer.flush()
         self.producer.close()
         self.consumer.close(autocommit=False)
+
+
+class _AssignmentLog(ConsumerRebalanceListener):
+    """Logs the partitions this worker owns after every rebalance."""
+
+    def __init__(self, client_id: str) -> None:
+        self.client_id = client_id
+
+    def on_partitions_revoked(self, revoked) -> None:
+        pass
+
+    def on_partitions_assigned(self, assigned) -> None:
+        parts = sorted(tp.partition for tp in assigned)
+        log.info("worker %s assigned partitions %s", self.client_id, parts)
 
 
 def _read_image_path(path: str, root: str | None, max_bytes: int) -> bytes:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -81,6 +82,14 @@ class CliProcess:
         while needle not in self.output():
             if self.proc.poll() is not None or time.time() > end:
                 raise AssertionError(f"{needle!r} never appeared:\n{self.output()[-3000:]}")
+            time.sleep(0.2)
+
+    def wait_for_match(self, pattern: str, timeout: float = 120) -> None:
+        """Waits until the output matches the regular expression ``pattern``."""
+        end = time.time() + timeout
+        while not re.search(pattern, self.output()):
+            if self.proc.poll() is not None or time.time() > end:
+                raise AssertionError(f"{pattern!r} never matched:\n{self.output()[-3000:]}")
             time.sleep(0.2)
 
     def finish(self, timeout: float = 300) -> str:

@@ -140,8 +140,8 @@ def test_two_workers_split_the_partitions(kafka_settings, kafka_broker):
         )
         for k in range(2)
     ]
-    for p in procs:
-        p.wait_for("ready")
+    for p in procs:  # both members own one of the two partitions before any item arrives
+        p.wait_for_match(r"assigned partitions \[\d\]\n(?![\s\S]*assigned partitions)")
     n = 80
     items = [(str(i).encode(), item_event(i)) for i in range(n)]
     produce(kafka_settings, kafka_broker, topics.items, items)
