@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import time
 
 import pytest
 
@@ -53,7 +54,8 @@ def _run_processor(settings, broker, tmp_path):
 
 def _samples(settings, broker, topics, want: int) -> list[TrainingSample]:
     got: list = []
-    for _ in range(20):
+    end = time.time() + 240  # a restarted processor first recovers and rebalances
+    while time.time() < end:
         got = drain(settings, broker, topics.samples, idle_s=3, timeout_s=30)
         if len({parse_json(r.value, TrainingSample).sample_id for r in got}) >= want:
             break
