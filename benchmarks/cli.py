@@ -14,6 +14,7 @@ from idproxy.settings import Settings
 BENCHMARKS: dict[str, tuple[str, str]] = {
     "encoder": ("benchmarks.bench_encoder", "items/s of the default encoder; proxy-path overhead"),
     "store": ("benchmarks.bench_store", "proxy store latency/throughput, in process and over HTTP"),
+    "table1": ("benchmarks.bench_table1", "paper Table 1 on MovieLens-100K: Base, v1-v5, peers"),
     "pipeline": ("benchmarks.bench_pipeline", "publish rate, worker vs bare model, freshness"),
 }
 

@@ -125,6 +125,15 @@ class TrainerSettings(BaseModel):
     seeds: int = 5
     new_item_fraction: float = 0.2
     warmup_k: int = 5
+    test_fraction: float = Field(0.2, description="Last share of events (in time) evaluated")
+    side_dim: int = Field(8, description="Width of each side-feature embedding")
+    cross_layers: int = 2
+    attention_hidden: int = 32
+    mlp_hidden: tuple[int, ...] = (64, 32)
+    warmup_epochs: int = 1
+    cb2cf_steps: int = Field(300, description="Full-batch steps of the v2 content->ID MLP")
+    quick_events: int = Field(4000, description="Events used by `bench table1 --quick`")
+    threads: int = Field(2, description="torch threads of the Table-1 benchmark")
     checkpoint_every_batches: int = 50
     realign_interval_s: int = 600
 

@@ -1,0 +1,48 @@
+"""Table-1 variants and cold-start peers as configurations of the one ranker."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel
+
+
+class VariantConfig(BaseModel):
+    """Which content inputs the ranker uses and where.
+
+    slot_*: the signal enters the ID slot (target and history items: attention + cross).
+    feat_*: an extra target-item feature entering the cross block.
+    mlp_proxies: p_coarse, p_fine are plain inputs to the final MLP only (target item).
+    id_dropout / id_replacement: DropoutNet (zeros) or a CVAR-style generator replaces
+    the ID embedding with this probability in training, and always for untrained items.
+    """
+
+    name: str
+    slot_coarse: bool = False
+    slot_fine: bool = False
+    feat_frozen: bool = False
+    feat_cb2cf: bool = False
+    mlp_proxies: bool = False
+    slot_content: bool = False
+    id_dropout: float = 0.0
+    id_replacement: Literal["none", "zeros", "generator"] = "none"
+
+    @property
+    def needs_stage1(self) -> bool:
+        return self.slot_coarse or self.slot_fine or self.mlp_proxies
+
+    @property
+    def uses_fine(self) -> bool:
+        return self.slot_fine or self.mlp_proxies
+
+
+VARIANTS: tuple[VariantConfig, ...] = (
+    VariantConfig(name="Base"),
+    VariantConfig(name="v1 frozen content", feat_frozen=True),
+    VariantConfig(name="v2 CB2CF", feat_cb2cf=True),
+    VariantConfig(name="v3 coarse in slot", slot_coarse=True),
+    VariantConfig(name="v4 no reuse", mlp_proxies=True),
+    VariantConfig(name="v5 IDProxy", slot_coarse=True, slot_fine=True),
+    VariantConfig(name="DropoutNet", slot_content=True, id_dropout=0.5, id_replacement="zeros"),
+    VariantConfig(name="CVAR-style generator", id_dropout=0.5, id_replacement="generator"),
+)
