@@ -53,7 +53,7 @@ class CliProcess:
     """An `idproxy` subprocess pointed at the test broker and topics; output goes to a file
     (a pipe nobody reads would fill up and block the child)."""
 
-    def __init__(self, settings, broker, *args: str) -> None:
+    def __init__(self, settings, broker, *args: str, metrics_port: int = 0) -> None:
         env = {
             **os.environ,
             **broker.child_env(),
@@ -63,6 +63,7 @@ class CliProcess:
             "IDPROXY_WORKER_BATCH_MAX_WAIT_MS": str(settings.worker.batch_max_wait_ms),
             "IDPROXY_MODEL_ID_DIM": str(settings.model.id_dim),
             "IDPROXY_STORE_PATH": settings.store.path,
+            "IDPROXY_WORKER_METRICS_PORT": str(metrics_port),
         }
         fd, self.log_path = tempfile.mkstemp(prefix="idproxy-cli-", suffix=".log")
         self.log = os.fdopen(fd, "w")

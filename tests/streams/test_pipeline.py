@@ -175,3 +175,44 @@ def test_replica_rebuilds_the_store_from_zero(
     assert got.found.all() and replica.active_version() == service.proxy_version
     np.testing.assert_array_equal(got.p_fine, want.p_fine)
     replica.close()
+
+
+def test_sigterm_finishes_the_batch_commits_and_exposes_metrics(kafka_settings, kafka_broker):
+    import urllib.request
+
+    from streams.broker import free_port
+
+    topics = Topics.from_settings(kafka_settings)
+    port = free_port()
+    kafka_settings.worker.batch_max_items = 4
+    worker = CliProcess(
+        kafka_settings, kafka_broker, "worker", "--tiny", "--client-id", "wm", metrics_port=port
+    )
+    worker.wait_for("ready")
+    n = 40
+    produce(
+        kafka_settings,
+        kafka_broker,
+        topics.items,
+        [(str(i).encode(), item_event(i)) for i in range(n)],
+    )
+    while len(drain(kafka_settings, kafka_broker, topics.proxies, idle_s=0.5, timeout_s=5)) < 8:
+        assert worker.proc.poll() is None, worker.output()
+    metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    for name in (
+        "idproxy_worker_items_total",
+        "idproxy_worker_batch_seconds",
+        "idproxy_worker_lag",
+        "idproxy_worker_dead_letters",
+    ):
+        assert name in metrics
+    worker.proc.terminate()  # SIGTERM
+    out = worker.finish(timeout=120)
+    assert worker.proc.returncode == 0 and "stopped" in out
+    done = int(out.split("stopped: ")[1].split(" items")[0])
+    # everything it reported done is in the topic, and a restart picks up exactly the rest
+    rest = CliProcess(
+        kafka_settings, kafka_broker, "worker", "--tiny", "--client-id", "wr", "--idle-exit", "5"
+    ).finish()
+    remaining = int(rest.split("stopped: ")[1].split(" items")[0])
+    assert done + remaining == n, (done, remaining)

@@ -35,3 +35,26 @@ def test_publish_jsonl_and_csv(kafka_settings, kafka_broker, tmp_path):
     docs = [json.loads(r.value) for r in clicks]
     assert sorted(d["ts"] for d in docs) == [100, 101, 102, 103]
     assert all(r.key == f"u{d['item_id']}".encode() for r, d in zip(clicks, docs, strict=True))
+
+
+def test_publish_movielens_uploads_items_before_their_first_rating(kafka_settings, kafka_broker):
+    topics = Topics.from_settings(kafka_settings)
+    out = CliProcess(kafka_settings, kafka_broker, "publish", "movielens", "--limit", "40").finish(
+        timeout=180
+    )
+    assert '"published"' in out, out
+    from trainer.movielens import load_movielens
+
+    data = load_movielens()
+    clicks = drain(kafka_settings, kafka_broker, topics.clicks)
+    items = drain(kafka_settings, kafka_broker, topics.items)
+    assert len(clicks) == 40
+    assert {json.loads(r.value)["item_id"] for r in items} == {str(i) for i in data.items[:40]}
+    first_rating = {}
+    for r in clicks:
+        doc = json.loads(r.value)
+        first_rating.setdefault(doc["item_id"], doc["ts"])
+        assert doc["label"] in (0, 1)
+    for r in items:  # each upload is stamped no later than the item's first rating
+        doc = json.loads(r.value)
+        assert doc["uploaded_at"] <= first_rating[doc["item_id"]]
