@@ -89,6 +89,26 @@ def bar_chart(summary: dict[str, dict[str, tuple[float, float]]], path: Path) ->
     plt.close(fig)
 
 
+def write_results(
+    out: Path, rows: list[dict], quick: bool, seeds: int, wall: float, settings: Settings
+) -> dict[str, dict[str, tuple[float, float]]]:
+    """Writes table1.json, table1.md and table1.png for the seeds finished so far."""
+    summary = summarise(rows)
+    payload = {
+        "quick": quick,
+        "seeds": seeds,
+        "wall_s": wall,
+        "rows": rows,
+        "summary": summary,
+        "trainer": settings.trainer.model_dump(),
+        "stage1": settings.stage1.model_dump(),
+    }
+    (out / "table1.json").write_text(json.dumps(payload, indent=1))
+    (out / "table1.md").write_text(markdown(summary) + "\n")
+    bar_chart(summary, out / "table1.png")
+    return summary
+
+
 def run(args: argparse.Namespace, settings: Settings) -> int:
     import torch
     from tqdm import tqdm
@@ -108,6 +128,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     seeds = args.seeds if args.seeds is not None else (2 if args.quick else t.seeds)
     started = time.perf_counter()
     ml = load_movielens()
+    out = Path(settings.run_dir) / f"table1-{time.strftime('%Y%m%d-%H%M%S')}"
+    out.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []
     bar = tqdm(total=seeds * len(VARIANTS), desc="table1 (seed × variant)", unit="model")
     for seed in range(seeds):
@@ -120,32 +142,15 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             warmup_k=t.warmup_k,
             max_events=t.quick_events if args.quick else None,
         )
-        content_fn = content_function(settings, quick=args.quick, seed=seed)
-        for r in run_seed(split, settings, seed, content_fn):
-            rows.append(r.model_dump())
-            bar.update(1)
         bar.set_postfix(seed=seed, n_test_new=len(split.test_new))
+        content_fn = content_function(settings, quick=args.quick, seed=seed)
+        for r in run_seed(split, settings, seed, content_fn, on_result=lambda _: bar.update(1)):
+            rows.append(r.model_dump())
+        write_results(out, rows, args.quick, seed + 1, time.perf_counter() - started, settings)
     bar.close()
     wall = time.perf_counter() - started
-    summary = summarise(rows)
-    table = markdown(summary)
-    print(table)
-    out = Path(settings.run_dir) / f"table1-{time.strftime('%Y%m%d-%H%M%S')}"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "table1.json").write_text(
-        json.dumps(
-            {
-                "quick": args.quick,
-                "seeds": seeds,
-                "wall_s": wall,
-                "rows": rows,
-                "summary": summary,
-                "settings": settings.trainer.model_dump(),
-            },
-            indent=1,
-        )
-    )
-    bar_chart(summary, out / "table1.png")
+    summary = write_results(out, rows, args.quick, seeds, wall, settings)
+    print(markdown(summary))
     print(
         json.dumps(
             {

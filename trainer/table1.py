@@ -147,6 +147,7 @@ def run_seed(
     content_fn: ContentFn,
     variants: tuple[VariantConfig, ...] = VARIANTS,
     progress=None,
+    on_result: Callable[[VariantResult], None] | None = None,
 ) -> list[VariantResult]:
     """All variants on one split. Base is trained first; its ID table feeds Stage 1 and v2."""
     t = settings.trainer
@@ -165,6 +166,8 @@ def run_seed(
         metrics = evaluate(model, split, settings, seed, progress)
         model.load_state_dict(state)  # the pre-warm-up model is the one Stage 1 reads
         results.append(VariantResult(variant=variant.name, seed=seed, **metrics))
+        if on_result is not None:
+            on_result(results[-1])
         return model
 
     base = fit_and_eval(variants[0], placeholder)
