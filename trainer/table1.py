@@ -44,8 +44,18 @@ def shape_of(settings: Settings, split: Split) -> RankerShape:
     )
 
 
+def standardise(x: torch.Tensor) -> torch.Tensor:
+    """Per-dimension zero mean, unit std over items (content only, no labels): [N, ...]."""
+    x = x.float()
+    return (x - x.mean(dim=0)) / (x.std(dim=0) + 1e-6)
+
+
 def item_tables(content: ItemContentFeatures, n_items: int) -> ItemTables:
-    """Rows of ``content`` placed at their raw item ids; row 0 and unknown ids stay zero."""
+    """Rows of ``content`` placed at their raw item ids; row 0 and unknown ids stay zero.
+
+    The MLLM features (z_groups, frozen) are standardised per dimension: raw hidden states
+    have outlier dimensions that made the ranker with p_fine in the slot diverge.
+    """
     idx = torch.as_tensor(content.item_ids, dtype=torch.long)
 
     def place(x: torch.Tensor) -> torch.Tensor:
@@ -53,7 +63,11 @@ def item_tables(content: ItemContentFeatures, n_items: int) -> ItemTables:
         out[idx] = x.float()
         return out
 
-    return ItemTables(place(content.p_coarse), place(content.z_groups), place(content.frozen))
+    return ItemTables(
+        place(content.p_coarse),
+        place(standardise(content.z_groups)),
+        place(standardise(content.frozen)),
+    )
 
 
 def train_epochs(
