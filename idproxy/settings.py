@@ -134,8 +134,27 @@ class TrainerSettings(BaseModel):
     cb2cf_steps: int = Field(300, description="Full-batch steps of the v2 content->ID MLP")
     quick_events: int = Field(4000, description="Events used by `bench table1 --quick`")
     threads: int = Field(2, description="torch threads of the Table-1 benchmark")
+    # ---- the online Stage-2 trainer (`idproxy trainer`, trainer/online.py)
+    online_batch_size: int = Field(256, description="Samples per online mini-batch")
+    online_lr: float = Field(1e-3, description="Adam learning rate of the online trainer")
+    online_seed: int = Field(0, description="Seed of the online ranker's initialisation")
+    batch_max_wait_ms: int = Field(1000, description="Max wait to fill a mini-batch")
+    initial_rows: int = Field(1024, description="Initial rows of each growing ID table")
+    new_item_interactions: int = Field(5, description="tau: new while interactions < this")
+    new_item_age_s: float = Field(86400.0, description="... or while younger than this (s)")
+    eval_window: int = Field(10_000, description="Samples in each windowed AUC/LogLoss")
+    report_every_batches: int = Field(20, description="A metrics.jsonl line every N batches")
+    report_every_s: float = Field(30.0, description="... or every T seconds")
     checkpoint_every_batches: int = 50
+    checkpoint_every_s: float = Field(120.0, description="... or every T seconds")
+    checkpoints_kept: int = Field(3, description="Checkpoint versions kept on disk")
+    dedup_window: int = Field(200_000, description="Recent sample ids kept for de-duplication")
+    reproxy_every_checkpoints: int = Field(1, description="Re-proxy every K checkpoints")
+    reproxy_every_s: float = Field(0.0, description="... or every T seconds (0 = off)")
+    # ---- the re-alignment job (`idproxy realign`, trainer/realign_job.py)
     realign_interval_s: int = 600
+    realign_holdout_fraction: float = Field(0.2, description="Held-out share of kept ids")
+    realign_tolerance: float = Field(0.0, description="Allowed held-out regression")
 
 
 class Settings(BaseSettings):

@@ -156,8 +156,9 @@ class ProxyService:
         )
 
     @classmethod
-    def from_settings(cls, settings) -> ProxyService:  # settings: idproxy.settings.Settings
-        """Real weights (SmolLM2 + Lite0 unless ``model.lm_path``/``model.vision`` say otherwise)."""
+    def from_settings(cls, settings, bundle_root: Path | None = None) -> ProxyService:
+        """Real weights (SmolLM2 + Lite0 unless ``model.lm_path``/``model.vision`` say otherwise);
+        heads from the newest bundle under ``bundle_root`` (default <cache_dir>/artifacts)."""
         m = settings.model
         encoder = build_default_encoder(
             settings.cache_dir,
@@ -174,14 +175,21 @@ class ProxyService:
             coarse_hidden=m.coarse_hidden,
             adaptor_hidden=m.adaptor_hidden,
             n_groups=m.n_layer_groups,
-            bundle_root=Path(settings.cache_dir) / "artifacts",
+            bundle_root=bundle_root or Path(settings.cache_dir) / "artifacts",
             max_image_bytes=settings.worker.max_image_bytes,
         )
 
     @classmethod
-    def tiny(cls, seed: int = 0, id_dim: int = 8) -> ProxyService:
-        """Tiny random model with the same interface, for tests (loads in well under 1 s)."""
+    def tiny(cls, seed: int = 0, id_dim: int = 8, bundle_root: Path | None = None) -> ProxyService:
+        """Tiny random model with the same interface, for tests (loads in well under 1 s);
+        heads from a bundle under ``bundle_root`` when one was saved for this encoder."""
         encoder = _tiny_encoder(seed=seed).to(pick_device("cpu"))
         return cls.assemble(
-            encoder, id_dim=id_dim, coarse_hidden=16, adaptor_hidden=16, n_groups=3, seed=seed
+            encoder,
+            id_dim=id_dim,
+            coarse_hidden=16,
+            adaptor_hidden=16,
+            n_groups=3,
+            seed=seed,
+            bundle_root=bundle_root,
         )

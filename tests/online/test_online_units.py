@@ -1,0 +1,118 @@
+"""Unit tests of the online trainer's parts: growing tables, checkpoints, the ranker step."""
+
+from __future__ import annotations
+
+import ast
+import pathlib
+
+import torch
+
+from tests.online.synthetic import samples
+from trainer.checkpoint import CheckpointDir, Predictions, load_optimizer, model_state
+from trainer.growing_embedding import GrowingEmbedding
+from trainer.item_cache import ItemCache
+from trainer.online import BatchBuilder, attach_optimizer, train_step
+from trainer.online_model import OnlineRanker, OnlineShape
+
+
+def test_growing_keeps_rows_stable():
+    t = GrowingEmbedding(dim=4, capacity=2, seed=3)
+    first = t.rows(["a"])
+    before = t.weight.detach()[first].clone()
+    t.rows([f"id{k}" for k in range(100)])  # doubles several times
+    assert t.capacity == 128 and t.n_ids == 101
+    assert torch.equal(t.weight.detach()[first], before)
+    assert t.rows(["a"]).item() == first.item()
+    assert torch.equal(t(torch.tensor([0])), torch.zeros(1, 4))  # padding row
+    assert t.rows(["unknown"], grow=False).item() == 0
+
+
+def test_growth_is_deterministic():
+    a, b = GrowingEmbedding(4, 2, seed=1), GrowingEmbedding(4, 2, seed=1)
+    a.rows([str(k) for k in range(10)])
+    b.rows([str(k) for k in range(5)])
+    b.rows([str(k) for k in range(5, 10)])
+    assert torch.equal(a.weight, b.weight)
+
+
+def _model(variant: str) -> tuple[OnlineRanker, BatchBuilder]:
+    shape = OnlineShape(dim=8, hidden_size=6, n_groups=3, adaptor_hidden=8, initial_rows=4)
+    model = OnlineRanker(shape, variant, seed=0)
+    cache = ItemCache(dims=(6, 3))
+    return model, BatchBuilder(model, cache, history_len=5)
+
+
+def test_train_step_grows_tables_and_keeps_optimizer_state():
+    model, builder = _model("id-only")
+    opt = attach_optimizer(model, 1e-2)
+    data = samples(64, n_users=10, n_items=30)
+    for k in range(0, 64, 16):
+        probs = train_step(model, opt, builder.build(data[k : k + 16]))
+        assert probs.shape == (16,) and torch.all((probs > 0) & (probs < 1))
+    params = [p for g in opt.param_groups for p in g["params"]]
+    assert model.item_table.capacity >= 31
+    assert any(p is model.item_table.weight for p in params)
+    assert any(p is model.user_table.weight for p in params)
+    assert opt.state[model.item_table.weight]["exp_avg"].shape == model.item_table.weight.shape
+    assert int(model.item_table.counts.sum()) > 0
+
+
+def test_idproxy_slot_gets_gradient_into_the_fine_head():
+    model, builder = _model("idproxy")
+    builder.cache.items.clear()
+    opt = attach_optimizer(model, 1e-2)
+    batch = builder.build(samples(16, 5, 10))
+    assert batch.has_proxy is not None and not batch.has_proxy.any()  # all misses: zeros
+    before = model.fine_head.adaptor[0].weight.detach().clone()
+    train_step(model, opt, batch)
+    # misses contribute zeros, so the adaptor gets no gradient from them
+    assert torch.equal(before, model.fine_head.adaptor[0].weight.detach())
+
+
+def test_checkpoint_round_trip(tmp_path):
+    model, builder = _model("idproxy")
+    opt = attach_optimizer(model, 1e-2)
+    data = samples(48, 8, 20)
+    for k in range(0, 48, 16):
+        train_step(model, opt, builder.build(data[k : k + 16]))
+    preds = Predictions([0.5, 0.25], [1, 0], [True, False], [1.0, 2.0])
+    ckpts = CheckpointDir(tmp_path, keep=2)
+    manifest = {"item_ids": model.item_table.ids, "offsets": {"0": 48}}
+    for v in ("ckpt-1", "ckpt-2", "ckpt-3"):
+        ckpts.save(v, model, opt, manifest, preds)
+    assert ckpts.latest() == "ckpt-3"
+    assert sorted(p.name for p in ckpts.root.iterdir() if p.is_dir()) == ["ckpt-2", "ckpt-3"]
+
+    tensors, loaded, folder = ckpts.load()
+    assert loaded["offsets"] == {"0": 48} and loaded["version"] == "ckpt-3"
+    state = model_state(tensors)
+    clone, _ = _model("idproxy")
+    for name in ("user_table", "item_table"):
+        table = getattr(model, name)
+        getattr(clone, name).restore(table.ids, state[f"{name}.weight"], state[f"{name}.counts"])
+    clone.load_state_dict(state)
+    clone_opt = attach_optimizer(clone, 1e-2)
+    load_optimizer(clone_opt, tensors, loaded["opt_groups"])
+    for (k, a), b in zip(model.state_dict().items(), clone.state_dict().values(), strict=True):
+        assert torch.equal(a, b), k
+    # one more identical step on both gives identical parameters (optimizer state restored)
+    more = samples(16, 8, 20, seed=1)
+    train_step(model, opt, builder.build(more))
+    train_step(clone, clone_opt, BatchBuilder(clone, builder.cache, 5).build(more))
+    for a, b in zip(model.parameters(), clone.parameters(), strict=True):
+        assert torch.equal(a, b)
+    assert Predictions.load(folder / "predictions.npz").score == [0.5, 0.25]
+
+
+def test_no_pickle_in_trainer_modules():
+    """No pickle import, and torch.load only with weights_only=True."""
+    root = pathlib.Path(__file__).resolve().parents[2] / "trainer"
+    for path in root.glob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import | ast.ImportFrom):
+                names = [a.name for a in node.names] + [getattr(node, "module", None) or ""]
+                assert not any("pickle" in n for n in names), path
+            if isinstance(node, ast.Call) and ast.unparse(node.func).endswith("torch.load"):
+                kw = {k.arg: ast.unparse(k.value) for k in node.keywords}
+                assert kw.get("weights_only") == "True", path

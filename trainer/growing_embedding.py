@@ -1,0 +1,105 @@
+"""An ID-embedding table with no fixed vocabulary: id string -> row, grown by doubling.
+
+Row 0 is padding (always zeros, never updated). New ids take the next free row; when the
+table is full its capacity doubles and existing rows are copied unchanged, so a row's
+embedding never moves or changes because of growth. New rows are initialised from a
+generator seeded by (seed, capacity), so the same sequence of ids gives the same table in
+every run (crash-resume determinism). ``counts[row]`` is the number of training samples
+whose forward pass used that row (target or history item): its updates, used for τ.
+
+>>> t = GrowingEmbedding(dim=4, capacity=2)
+>>> t.rows(["a", "b", "a"]).tolist()
+[1, 2, 1]
+>>> t.capacity, t.n_ids
+(4, 2)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+INIT_STD = 0.01
+
+
+class GrowingEmbedding(nn.Module):
+    """weight [capacity, d]; ``rows(ids)`` -> LongTensor of rows (growing if needed)."""
+
+    def __init__(self, dim: int, capacity: int = 1024, seed: int = 0) -> None:
+        super().__init__()
+        self.dim = dim
+        self.seed = seed
+        self.ids: list[str] = []  # row r >= 1 holds ids[r - 1]
+        self.index: dict[str, int] = {}
+        self.weight = nn.Parameter(self._init_rows(0, max(2, capacity)))
+        self.register_buffer("counts", torch.zeros(max(2, capacity), dtype=torch.long))
+        self.on_grow: list = []  # callbacks (old_param, new_param), e.g. the optimiser
+
+    def _init_rows(self, start: int, stop: int) -> torch.Tensor:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + stop)
+        rows = torch.randn(stop - start, self.dim, generator=g) * INIT_STD
+        if start == 0:
+            rows[0] = 0.0
+        return rows
+
+    @property
+    def capacity(self) -> int:
+        return self.weight.shape[0]
+
+    @property
+    def n_ids(self) -> int:
+        return len(self.ids)
+
+    def grow_to(self, capacity: int) -> None:
+        """Doubles until ``capacity`` rows fit; old rows are copied bit for bit."""
+        if capacity <= self.capacity:
+            return
+        old = self.weight
+        data = old.data
+        while data.shape[0] < capacity:  # block [c, 2c) always comes from seed (seed, 2c)
+            c = data.shape[0]
+            data = torch.cat([data, self._init_rows(c, 2 * c).to(old.device)])
+        new_cap = data.shape[0]
+        self.weight = nn.Parameter(data)
+        self.counts = torch.cat([self.counts, self.counts.new_zeros(new_cap - len(self.counts))])
+        for callback in self.on_grow:
+            callback(old, self.weight)
+
+    def rows(self, ids: Sequence[str], grow: bool = True) -> torch.Tensor:
+        """ids -> rows [len(ids)]; unknown ids get new rows (or 0 when ``grow`` is False)."""
+        out = []
+        for i in ids:
+            row = self.index.get(i)
+            if row is None:
+                if not grow:
+                    out.append(0)
+                    continue
+                self.ids.append(i)
+                row = self.index[i] = len(self.ids)
+            out.append(row)
+        if len(self.ids) + 1 > self.capacity:
+            self.grow_to(len(self.ids) + 1)
+        return torch.tensor(out, dtype=torch.long)
+
+    def count(self, rows: torch.Tensor) -> None:
+        """Adds one update to each distinct non-padding row in ``rows`` (any shape)."""
+        uniq = torch.unique(rows)
+        self.counts[uniq[uniq > 0]] += 1
+
+    def forward(self, rows: torch.Tensor) -> torch.Tensor:
+        """rows [*] -> [*, d]; row 0 gives zeros."""
+        return nn.functional.embedding(rows, self.weight, padding_idx=0)
+
+    def restore(self, ids: list[str], weight: torch.Tensor, counts: torch.Tensor) -> None:
+        """Loads a saved table (ids in row order, weight [C, d], counts [C])."""
+        self.ids = list(ids)
+        self.index = {i: r + 1 for r, i in enumerate(self.ids)}
+        self.weight = nn.Parameter(weight.clone())
+        self.counts = counts.clone()
+
+    def snapshot(self) -> tuple[list[str], torch.Tensor, torch.Tensor]:
+        """(ids, rows [n, d], counts [n]) of the used rows, in row order (row 0 dropped)."""
+        n = self.n_ids + 1
+        return list(self.ids), self.weight.detach()[1:n].clone(), self.counts[1:n].clone()

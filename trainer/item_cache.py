@@ -1,0 +1,147 @@
+"""Per-item content cache of the online trainer, rebuilt from the compacted topics.
+
+* ``item-features`` -> z [D], z_groups [G, D] (the last record of an item wins);
+* ``proxies`` -> p_coarse [d]: the record with the newest ``produced_at`` wins, so a
+  re-alignment's recomputed proxies replace the workers' older ones. The trainer's own
+  re-proxy records (versions ``reproxy-*``) are skipped: they carry no new p_coarse, and
+  reading them back could reinstate a coarse proxy that a re-alignment has just replaced.
+
+``ContentReader`` reads both topics with a group-less consumer from the beginning: on
+start it catches up to the end offsets seen at start, then it is polled without waiting
+between mini-batches.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+
+REPROXY_PREFIX = "reproxy-"
+
+
+@dataclass
+class ItemContent:
+    """One item's cached content (float32 arrays) and where it came from."""
+
+    z: np.ndarray | None = None
+    z_groups: np.ndarray | None = None
+    encoder_version: str = ""
+    uploaded_at: float = 0.0
+    p_coarse: np.ndarray | None = None
+    coarse_at: float = -1.0
+
+
+@dataclass
+class ItemCache:
+    """item id -> ItemContent; ``dims`` = (D, G) once a features record has been seen."""
+
+    items: dict[str, ItemContent] = field(default_factory=dict)
+    dims: tuple[int, int] | None = None
+    id_dim: int | None = None
+
+    def put_features(self, item_id: str, header, arrays: dict[str, np.ndarray]) -> None:
+        c = self.items.setdefault(item_id, ItemContent())
+        c.z, c.z_groups = arrays["z"], arrays["z_groups"]
+        c.encoder_version, c.uploaded_at = header.encoder_version, header.uploaded_at
+        g, d = c.z_groups.shape
+        self.dims = (d, g)
+
+    def put_proxy(self, item_id: str, header, arrays: dict[str, np.ndarray]) -> None:
+        if header.proxy_version.startswith(REPROXY_PREFIX):
+            return
+        c = self.items.setdefault(item_id, ItemContent())
+        if header.produced_at >= c.coarse_at:
+            c.p_coarse, c.coarse_at = arrays["p_coarse"], header.produced_at
+            self.id_dim = len(c.p_coarse)
+
+    def ready(self, item_id: str) -> bool:
+        c = self.items.get(item_id)
+        return c is not None and c.z_groups is not None and c.p_coarse is not None
+
+    def with_features(self) -> list[str]:
+        """Items whose features are cached (in arrival order)."""
+        return [i for i, c in self.items.items() if c.z is not None]
+
+    def gather(self, item_ids: list[str], dim: int) -> tuple[torch.Tensor, ...]:
+        """-> p_coarse [U, d], z_groups [U, G, D], has_proxy [U] bool (zeros for misses)."""
+        d_hidden, n_groups = self.dims or (1, 1)
+        pc = np.zeros((len(item_ids), dim), np.float32)
+        zg = np.zeros((len(item_ids), n_groups, d_hidden), np.float32)
+        has = np.zeros(len(item_ids), bool)
+        for k, i in enumerate(item_ids):
+            if self.ready(i):
+                c = self.items[i]
+                pc[k], zg[k], has[k] = c.p_coarse, c.z_groups, True
+        return torch.from_numpy(pc), torch.from_numpy(zg), torch.from_numpy(has)
+
+
+def partitions_for(consumer, topic: str, timeout_s: float = 30.0) -> list[int]:
+    """The partition ids of ``topic`` (waits for the metadata)."""
+    end = time.time() + timeout_s
+    while time.time() < end:
+        ids = consumer.partitions_for_topic(topic)
+        if ids:
+            return sorted(ids)
+        time.sleep(0.2)
+    raise RuntimeError(f"topic {topic} has no partitions")
+
+
+class ContentReader:
+    """Group-less consumer of item-features + proxies feeding an :class:`ItemCache`."""
+
+    def __init__(self, settings, broker, topics, cache: ItemCache) -> None:
+        from kafka import KafkaConsumer, TopicPartition
+
+        from streams.kafka_config import consumer_config
+
+        self.cache = cache
+        self.topics = topics
+        self.consumer = KafkaConsumer(**consumer_config(settings, broker, None))
+        parts = []
+        for topic in (topics.item_features, topics.proxies):
+            parts += [TopicPartition(topic, p) for p in partitions_for(self.consumer, topic)]
+        self.consumer.assign(parts)
+        self.consumer.seek_to_beginning(*parts)
+        self.errors = 0
+
+    def _handle(self, records) -> int:
+        from streams.events import EventError, ItemFeaturesRecord, ProxyRecordEvent, decode_frame
+
+        for m in records:
+            try:
+                if m.topic == self.topics.item_features:
+                    header, arrays = decode_frame(m.value, ItemFeaturesRecord)
+                    self.cache.put_features(header.item_id, header, arrays)
+                else:
+                    header, arrays = decode_frame(m.value, ProxyRecordEvent)
+                    self.cache.put_proxy(header.item_id, header, arrays)
+            except EventError as exc:  # the producers dead-letter; here we only count
+                self.errors += 1
+                log.warning(
+                    "unreadable content record %s/%d@%d: %s", m.topic, m.partition, m.offset, exc
+                )
+        return len(records)
+
+    def poll(self, timeout_ms: int = 0) -> int:
+        polled = self.consumer.poll(timeout_ms=timeout_ms, max_records=5000)
+        return sum(self._handle(records) for records in polled.values())
+
+    def catch_up(self, timeout_s: float = 60.0) -> int:
+        """Reads until every partition reaches the end offset it had when this was called."""
+        parts = list(self.consumer.assignment())
+        ends = self.consumer.end_offsets(parts)
+        n, deadline = 0, time.time() + timeout_s
+        while time.time() < deadline:
+            if all(self.consumer.position(tp) >= ends[tp] for tp in parts):
+                break
+            n += self.poll(timeout_ms=200)
+        return n
+
+    def close(self) -> None:
+        self.consumer.close(autocommit=False)

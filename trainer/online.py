@@ -1,0 +1,625 @@
+"""The online Stage-2 trainer: samples -> prequential metrics -> train -> checkpoint -> re-proxy.
+
+Loop (one process per variant; ``idproxy trainer``):
+
+1. poll up to ``online_batch_size`` TrainingSample records (waiting at most
+   ``batch_max_wait_ms``) from every partition of ``samples`` (manually assigned, so there
+   is no rebalance and the batch order is fixed by the topic);
+2. drop duplicates (``sample_id`` seen among the last ``dedup_window`` ids) and malformed
+   records (to the DLQ);
+3. **prequential**: the forward pass runs before the optimiser step, so its probabilities are
+   the scores of a model that has not seen the batch; they feed ``WindowedAUC`` for all and
+   for new items, and the prediction stream (score, label, is_new, ts);
+4. one Adam step on the BCE loss (ranker θ, ID tables, and for ``idproxy`` the adaptor φ̃ and
+   gate W_g, W_c); the rows used count as updates (τ);
+5. every ``checkpoint_every_batches`` batches or ``checkpoint_every_s`` seconds: an atomic
+   checkpoint (``trainer.checkpoint``) holding the next offset of every partition, and only
+   then the Kafka commit of those offsets; every K-th checkpoint (or T seconds) the idproxy
+   variant re-proxies all cached items with its fine head (``reproxy``).
+
+Restart: the latest checkpoint is loaded and the consumer seeks to its offsets, so samples
+after it are processed again (at least once); the result is the same model as an
+uninterrupted run when batches are the same (see tests/online/test_trainer_resume.py).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+import uuid
+from collections import deque
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from idproxy.settings import Settings
+from streams.lifecycle import stop_signals
+from trainer.checkpoint import CheckpointDir, Predictions, load_optimizer, model_state
+from trainer.item_cache import REPROXY_PREFIX, ContentReader, ItemCache, partitions_for
+from trainer.online_model import Batch, OnlineRanker, OnlineShape, Variant
+from trainer.streaming_metrics import WindowedAUC, exact_auc
+
+log = logging.getLogger(__name__)
+
+
+def _finite(x: float) -> float | None:
+    return None if x is None or not math.isfinite(x) else round(float(x), 6)
+
+
+class RecentIds:
+    """A bounded set of recent sample ids (FIFO eviction) for de-duplication."""
+
+    def __init__(self, size: int, ids: list[str] | None = None) -> None:
+        self.order: deque[str] = deque(maxlen=size)
+        self.members: set[str] = set()
+        for i in ids or []:
+            self.add(i)
+
+    def add(self, sample_id: str) -> None:
+        if len(self.order) == self.order.maxlen:
+            self.members.discard(self.order[0])
+        self.order.append(sample_id)
+        self.members.add(sample_id)
+
+    def __contains__(self, sample_id: str) -> bool:
+        return sample_id in self.members
+
+
+class BatchBuilder:
+    """TrainingSamples -> :class:`Batch` (grows the ID tables; gathers cached content)."""
+
+    def __init__(self, model: OnlineRanker, cache: ItemCache, history_len: int) -> None:
+        self.model = model
+        self.cache = cache
+        self.history_len = history_len
+
+    def build(self, samples: list) -> Batch:
+        m, h = self.model, self.history_len
+        users = m.user_table.rows([s.user_id for s in samples])
+        items = m.item_table.rows([s.item_id for s in samples])
+        hists = [s.history[-h:] for s in samples]
+        flat = m.item_table.rows([i for hist in hists for i in hist])
+        history = torch.zeros(len(samples), h, dtype=torch.long)
+        k = 0
+        for b, hist in enumerate(hists):
+            history[b, : len(hist)] = flat[k : k + len(hist)]
+            k += len(hist)
+        labels = torch.tensor([float(s.label) for s in samples])
+        batch = Batch(users, items, history, labels)
+        if m.variant == "idproxy":
+            position: dict[str, int] = {}
+            index = torch.zeros(len(samples), 1 + h, dtype=torch.long)
+            for b, (s, hist) in enumerate(zip(samples, hists, strict=True)):
+                for j, item in enumerate([s.item_id, *hist]):
+                    index[b, j] = position.setdefault(item, len(position))
+            pc, zg, has = self.cache.gather(list(position), m.shape.dim)
+            batch.content_index, batch.p_coarse, batch.z_groups, batch.has_proxy = (
+                index,
+                pc,
+                zg,
+                has,
+            )
+        return batch
+
+
+def train_step(model: OnlineRanker, optimizer: torch.optim.Optimizer, batch: Batch) -> torch.Tensor:
+    """Forward (the prequential scores), BCE, backward, step -> probabilities [B]."""
+    logits = model(batch)
+    loss = F.binary_cross_entropy_with_logits(logits, batch.labels)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    model.user_table.count(batch.users)
+    model.item_table.count(torch.cat([batch.items[:, None], batch.history], dim=1))
+    return torch.sigmoid(logits.detach())
+
+
+def attach_optimizer(model: OnlineRanker, lr: float) -> torch.optim.Adam:
+    """Adam over all parameters; a growing table swaps its parameter and pads the state."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+
+    def on_grow(old: torch.nn.Parameter, new: torch.nn.Parameter) -> None:
+        for group in optimizer.param_groups:
+            group["params"] = [new if p is old else p for p in group["params"]]
+        state = optimizer.state.pop(old, None)
+        if state:
+            for key in ("exp_avg", "exp_avg_sq"):
+                pad = state[key].new_zeros(new.shape[0] - old.shape[0], *old.shape[1:])
+                state[key] = torch.cat([state[key], pad])
+            optimizer.state[new] = state
+
+    model.user_table.on_grow.append(on_grow)
+    model.item_table.on_grow.append(on_grow)
+    return optimizer
+
+
+class OnlineTrainer:
+    """The consume -> score -> train -> checkpoint -> commit loop of one variant."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        broker,
+        *,
+        variant: Variant,
+        state_dir: Path,
+        group: str,
+        reproxy: bool,
+        artifacts_dir: Path,
+        metrics_port: int = 0,
+    ) -> None:
+        from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+
+        from streams.dlq import DeadLetterSink
+        from streams.kafka_config import common_config, consumer_config, producer_config
+        from streams.topics import ensure_topics
+
+        t = settings.trainer
+        self.settings = settings
+        self.variant = variant
+        self.state_dir = Path(state_dir)
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.do_reproxy = reproxy and variant == "idproxy"
+        self.artifacts_dir = Path(artifacts_dir)
+        self.topics = ensure_topics(settings, common_config(settings, broker))
+        self.producer = KafkaProducer(**producer_config(settings, broker))
+        self.dlq = DeadLetterSink(self.producer, self.topics.dlq, component="trainer")
+        self.cache = ItemCache()
+        self.reader = ContentReader(settings, broker, self.topics, self.cache)
+        self.consumer = KafkaConsumer(**consumer_config(settings, broker, group))
+        self.partitions = [
+            TopicPartition(self.topics.samples, p)
+            for p in partitions_for(self.consumer, self.topics.samples)
+        ]
+        self.consumer.assign(self.partitions)
+        self.ckpts = CheckpointDir(self.state_dir, keep=t.checkpoints_kept)
+        self.metrics_all = WindowedAUC(t.eval_window)
+        self.metrics_new = WindowedAUC(t.eval_window)
+        self.predictions = Predictions()
+        self.samples = 0
+        self.new_samples = 0
+        self.batches = 0
+        self.checkpoints = 0
+        self.offsets: dict[int, int] = {}
+        self.last_checkpoint: str | None = None
+        self.proxy_version: str | None = None
+        self.stopping = False
+        self._prom = _Metrics(metrics_port)
+        self._setup()
+
+    # ------------------------------------------------------------------ setup
+    def _new_model(self, shape: OnlineShape) -> OnlineRanker:
+        t = self.settings.trainer
+        return OnlineRanker(shape, self.variant, seed=t.online_seed)
+
+    def _fresh_shape(self) -> tuple[OnlineShape, dict | None]:
+        """Shape of a new model; for idproxy also the bundle's fine-head state (warm start)."""
+        t, m = self.settings.trainer, self.settings.model
+        base = dict(
+            dim=m.id_dim,
+            cross_layers=t.cross_layers,
+            attention_hidden=t.attention_hidden,
+            mlp_hidden=tuple(t.mlp_hidden),
+            initial_rows=t.initial_rows,
+            adaptor_hidden=m.adaptor_hidden,
+        )
+        if self.variant == "id-only":
+            return OnlineShape(**base), None
+        while self.cache.dims is None and not self.stopping:
+            log.info("waiting for the first item-features record (model dims)")
+            self.reader.poll(timeout_ms=1000)
+        hidden, groups = self.cache.dims or (1, 1)
+        fine = _bundle_fine(self.artifacts_dir, hidden, groups, m.id_dim)
+        if fine is not None:
+            base["adaptor_hidden"] = fine["adaptor.0.weight"].shape[0]
+        return OnlineShape(**base, hidden_size=hidden, n_groups=groups), fine
+
+    def _setup(self) -> None:
+        t = self.settings.trainer
+        torch.set_num_threads(t.threads)
+        self.reader.catch_up()
+        version = self.ckpts.latest()
+        if version is None:
+            shape, fine = self._fresh_shape()
+            self.model = self._new_model(shape)
+            if fine is not None:
+                self.model.fine_head.load_state_dict(fine)
+            self.optimizer = attach_optimizer(self.model, t.online_lr)
+            self.recent = RecentIds(t.dedup_window)
+            for tp in self.partitions:
+                committed = self.consumer.committed(tp)
+                if committed is None:
+                    self.consumer.seek_to_beginning(tp)
+                else:
+                    self.consumer.seek(tp, committed)
+        else:
+            self._restore(version)
+        self.builder = BatchBuilder(self.model, self.cache, t.history_len)
+        self.last_checkpoint_at = time.time()
+        self.last_reproxy_at = time.time()
+        self.last_report_at = time.time()
+
+    def _restore(self, version: str) -> None:
+        t = self.settings.trainer
+        tensors, manifest, folder = self.ckpts.load(version)
+        shape = OnlineShape(
+            **{**manifest["shape"], "mlp_hidden": tuple(manifest["shape"]["mlp_hidden"])}
+        )
+        self.model = self._new_model(shape)
+        state = model_state(tensors)
+        for name, table in (
+            ("user_table", self.model.user_table),
+            ("item_table", self.model.item_table),
+        ):
+            table.restore(manifest[f"{name}_ids"], state[f"{name}.weight"], state[f"{name}.counts"])
+        self.model.load_state_dict(state)
+        self.optimizer = attach_optimizer(self.model, t.online_lr)
+        load_optimizer(self.optimizer, tensors, manifest["opt_groups"])
+        self.recent = RecentIds(t.dedup_window, manifest["recent_sample_ids"])
+        self.samples, self.batches = manifest["samples"], manifest["batches"]
+        self.new_samples = manifest["new_samples"]
+        self.checkpoints = manifest["checkpoints"]
+        self.proxy_version = manifest.get("proxy_version")
+        self.predictions = Predictions.load(folder / "predictions.npz")
+        self.offsets = {int(p): o for p, o in manifest["offsets"].items()}
+        for tp in self.partitions:
+            if tp.partition in self.offsets:
+                self.consumer.seek(tp, self.offsets[tp.partition])
+            else:
+                self.consumer.seek_to_beginning(tp)
+        self.last_checkpoint = version
+        log.info(
+            "resumed from checkpoint %s (%d samples, offsets %s)",
+            version,
+            self.samples,
+            self.offsets,
+        )
+
+    # ------------------------------------------------------------------ the loop
+    def _poll_batch(self) -> list:
+        t = self.settings.trainer
+        batch: list = []
+        deadline = None
+        while len(batch) < t.online_batch_size and not self.stopping:
+            timeout = 200 if deadline is None else max(0, int((deadline - time.time()) * 1000))
+            polled = self.consumer.poll(
+                timeout_ms=timeout, max_records=t.online_batch_size - len(batch)
+            )
+            for records in polled.values():
+                batch.extend(records)
+            if batch and deadline is None:
+                deadline = time.time() + t.batch_max_wait_ms / 1000
+            if deadline is None and not polled:
+                return batch
+            if deadline is not None and time.time() >= deadline:
+                break
+        return batch
+
+    def _parse(self, messages: list) -> list:
+        from streams.events import EventError, TrainingSample, parse_json
+
+        samples = []
+        for m in messages:
+            self.offsets[m.partition] = m.offset + 1
+            try:
+                s = parse_json(m.value, TrainingSample)
+            except EventError as exc:
+                self.dlq.send(m, str(exc))
+                continue
+            if s.sample_id in self.recent:
+                continue
+            self.recent.add(s.sample_id)
+            samples.append(s)
+        return samples
+
+    def is_new(self, sample) -> bool:
+        t = self.settings.trainer
+        young = sample.item_age_s is not None and sample.item_age_s < t.new_item_age_s
+        return sample.item_interactions < t.new_item_interactions or young
+
+    def process(self, messages: list) -> int:
+        """Parses, scores (prequential) and trains on one batch; returns samples trained."""
+        samples = self._parse(messages)
+        if not samples:
+            return 0
+        batch = self.builder.build(samples)
+        self.model.train()
+        probs = train_step(self.model, self.optimizer, batch).tolist()
+        labels = [s.label for s in samples]
+        new = [self.is_new(s) for s in samples]
+        self.metrics_all.update(probs, labels)
+        self.metrics_new.update(
+            [p for p, n in zip(probs, new, strict=True) if n],
+            [y for y, n in zip(labels, new, strict=True) if n],
+        )
+        self.predictions.extend(probs, labels, new, [s.ts for s in samples])
+        self.samples += len(samples)
+        self.new_samples += sum(new)
+        self.batches += 1
+        return len(samples)
+
+    def run(self, *, idle_exit_s: float | None = None) -> dict:
+        """Loops until SIGTERM/SIGINT or ``idle_exit_s`` without samples; returns the summary."""
+        t = self.settings.trainer
+        idle_since = time.time()
+        dirty = False
+        try:
+            with stop_signals(self._on_signal):
+                while not self.stopping:
+                    self.reader.poll()
+                    messages = self._poll_batch()
+                    if not messages:
+                        if idle_exit_s is not None and time.time() - idle_since > idle_exit_s:
+                            break
+                        continue
+                    started = time.time()
+                    n = self.process(messages)
+                    dirty = True
+                    self._prom.observe(self, n, time.time() - started)
+                    idle_since = time.time()
+                    if self._due(self.last_report_at, t.report_every_s, t.report_every_batches):
+                        self.report()
+                    if self._due(
+                        self.last_checkpoint_at, t.checkpoint_every_s, t.checkpoint_every_batches
+                    ):
+                        self.checkpoint()
+                        dirty = False
+            if dirty:
+                self.checkpoint()
+            self.report()
+            return self.summary()
+        finally:
+            self.close()
+
+    def _due(self, last_at: float, every_s: float, every_batches: int) -> bool:
+        return (every_batches > 0 and self.batches % every_batches == 0) or (
+            every_s > 0 and time.time() - last_at >= every_s
+        )
+
+    def _on_signal(self, signum, frame) -> None:
+        log.info("signal %d: finishing the batch, then a checkpoint", signum)
+        self.stopping = True
+
+    # ------------------------------------------------------------------ outputs
+    def checkpoint(self) -> str:
+        """Atomic checkpoint, then the Kafka commit of the offsets it covers; maybe re-proxy."""
+        from kafka.structs import OffsetAndMetadata
+
+        version = f"ckpt-{self.batches:09d}"
+        manifest = {
+            "variant": self.variant,
+            "shape": asdict(self.model.shape),
+            "topic": self.topics.samples,
+            "offsets": {str(p): o for p, o in self.offsets.items()},
+            "samples": self.samples,
+            "new_samples": self.new_samples,
+            "batches": self.batches,
+            "checkpoints": self.checkpoints + 1,
+            "user_table_ids": self.model.user_table.ids,
+            "item_table_ids": self.model.item_table.ids,
+            "recent_sample_ids": list(self.recent.order),
+            "proxy_version": self.proxy_version,
+        }
+        self.ckpts.save(version, self.model, self.optimizer, manifest, self.predictions)
+        self.predictions.save(self.state_dir / "predictions.npz")
+        self.consumer.commit(
+            {
+                tp: OffsetAndMetadata(self.offsets[tp.partition], "", -1)
+                for tp in self.partitions
+                if tp.partition in self.offsets
+            }
+        )
+        self.checkpoints += 1
+        self.last_checkpoint = version
+        self.last_checkpoint_at = time.time()
+        self._prom.checkpointed()
+        log.info("checkpoint %s: %d samples, offsets %s", version, self.samples, self.offsets)
+        t = self.settings.trainer
+        if self.do_reproxy and (
+            (
+                t.reproxy_every_checkpoints > 0
+                and self.checkpoints % t.reproxy_every_checkpoints == 0
+            )
+            or (t.reproxy_every_s > 0 and time.time() - self.last_reproxy_at >= t.reproxy_every_s)
+        ):
+            self.reproxy()
+        return version
+
+    @torch.no_grad()
+    def reproxy(self) -> str | None:
+        """p_fine of every cached item from its features alone -> a new proxies version."""
+        self.reader.poll()
+        ids = [i for i in self.cache.items if self.cache.ready(i)]
+        if not ids:
+            return None
+        pc, zg, _ = self.cache.gather(ids, self.model.shape.dim)
+        fine = torch.cat(
+            [
+                self.model.fine_head(pc[k : k + 1024], zg[k : k + 1024])
+                for k in range(0, len(ids), 1024)
+            ]
+        )
+        version = f"{REPROXY_PREFIX}{self.last_checkpoint}-{uuid.uuid4().hex[:6]}"
+        publish_proxies(self.producer, self.topics, version, ids, self.cache, pc, fine)
+        self.proxy_version = version
+        self.last_reproxy_at = time.time()
+        bundle = save_fine_bundle(
+            self.artifacts_dir,
+            self.model.fine_head,
+            {"proxy_version": version, "checkpoint": self.last_checkpoint},
+        )
+        log.info("re-proxy %s: %d items (bundle %s)", version, len(ids), bundle)
+        return version
+
+    def report(self) -> dict:
+        line = {
+            "t": time.time(),
+            "variant": self.variant,
+            "samples": self.samples,
+            "batches": self.batches,
+            "auc_all": _finite(self.metrics_all.auc()),
+            "auc_new": _finite(self.metrics_new.auc()),
+            "logloss_all": _finite(self.metrics_all.logloss()),
+            "logloss_new": _finite(self.metrics_new.logloss()),
+            "n_new": self.new_samples,
+            "window_all": len(self.metrics_all),
+            "window_new": len(self.metrics_new),
+            "checkpoint": self.last_checkpoint,
+            "proxy_version": self.proxy_version,
+        }
+        with open(self.state_dir / "metrics.jsonl", "a") as fh:
+            fh.write(json.dumps(line) + "\n")
+        self.last_report_at = time.time()
+        return line
+
+    def summary(self) -> dict:
+        """Cumulative prequential AUC/LogLoss over every prediction so far (all and new)."""
+        a = self.predictions.arrays()
+        out = {"variant": self.variant, "samples": self.samples, "batches": self.batches}
+        for name, mask in (("all", np.ones(len(a["label"]), bool)), ("new", a["is_new"])):
+            p = np.clip(a["score"][mask].astype(np.float64), 1e-7, 1 - 1e-7)
+            y = a["label"][mask]
+            ll = float(-(y * np.log(p) + (1 - y) * np.log(1 - p)).mean()) if len(y) else math.nan
+            out[f"cum_auc_{name}"] = _finite(exact_auc(p, y)) if len(y) else None
+            out[f"cum_logloss_{name}"] = _finite(ll)
+            out[f"n_{name}"] = int(mask.sum())
+        out["checkpoint"] = self.last_checkpoint
+        out["proxy_version"] = self.proxy_version
+        (self.state_dir / "summary.json").write_text(json.dumps(out, indent=2))
+        return out
+
+    def close(self) -> None:
+        self.producer.flush()
+        self.producer.close()
+        self.consumer.close(autocommit=False)
+        self.reader.close()
+
+
+def publish_proxies(
+    producer, topics, version: str, ids: list[str], cache: ItemCache, p_coarse, p_fine
+) -> None:
+    """Same frames and keys as streams/worker.py, then VersionCommit(expected_items=len(ids))."""
+    from streams.events import ProxyRecordEvent, VersionCommit, encode_frame, to_json
+
+    now = time.time()
+    pc, pf = p_coarse.numpy(), p_fine.numpy()
+    for k, item_id in enumerate(ids):
+        c = cache.items[item_id]
+        header = ProxyRecordEvent(
+            item_id=item_id,
+            proxy_version=version,
+            encoder_version=c.encoder_version,
+            uploaded_at=c.uploaded_at,
+            produced_at=now,
+        )
+        producer.send(
+            topics.proxies,
+            key=f"{version}/{item_id}".encode(),
+            value=encode_frame(header, {"p_coarse": pc[k], "p_fine": pf[k]}),
+        )
+    producer.flush()  # every record before the marker
+    commit = VersionCommit(version=version, expected_items=len(ids))
+    producer.send(topics.control, key=version.encode(), value=to_json(commit))
+    producer.flush()
+
+
+def _bundle_fine(root: Path, hidden: int, groups: int, dim: int) -> dict | None:
+    """The fine-head state of the LATEST bundle when its shapes fit, else None."""
+    from proxy_model.artifacts import latest_version, load_bundle
+
+    version = latest_version(root)
+    if version is None:
+        return None
+    states, _ = load_bundle(root, version)
+    fine = states.get("fine")
+    if fine is None:
+        return None
+    w_in, w_out = fine["adaptor.0.weight"], fine["adaptor.2.weight"]
+    if w_in.shape[1] != hidden * groups or w_out.shape[0] != dim:
+        log.warning(
+            "bundle %s fine head does not fit (D=%d, G=%d, d=%d): not used",
+            version,
+            hidden,
+            groups,
+            dim,
+        )
+        return None
+    return fine
+
+
+class _State(torch.nn.Module):
+    """A saved state dict posing as a module, to re-save bundle parts unchanged."""
+
+    def __init__(self, state: dict[str, torch.Tensor]) -> None:
+        super().__init__()
+        self._saved = state
+
+    def state_dict(self, *args, **kwargs) -> dict[str, torch.Tensor]:
+        return dict(self._saved)
+
+
+def save_fine_bundle(
+    root: Path, fine: torch.nn.Module, note: dict, coarse: torch.nn.Module | None = None
+) -> str | None:
+    """Re-saves the LATEST bundle with ``fine`` (and ``coarse`` if given) replaced.
+
+    Keeps pooling, projector, layer groups and encoder name; None when no bundle exists
+    (e.g. workers on the tiny model or untrained heads: nothing to update).
+    """
+    from proxy_model.artifacts import latest_version, load_bundle, save_bundle
+
+    version = latest_version(root)
+    if version is None:
+        return None
+    states, manifest = load_bundle(root, version)
+    modules: dict[str, torch.nn.Module] = {name: _State(s) for name, s in states.items()}
+    modules["fine"] = fine
+    if coarse is not None:
+        modules["coarse"] = coarse
+    keep = {k: v for k, v in manifest.items() if k not in ("version", "created_at", "modules")}
+    return save_bundle(root, modules, {**keep, **note, "parent": version})
+
+
+class _Metrics:
+    """Prometheus metrics on 127.0.0.1:port (off when port is 0)."""
+
+    def __init__(self, port: int) -> None:
+        self.enabled = port > 0
+        if not self.enabled:
+            return
+        from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+
+        r = self.registry = CollectorRegistry()
+        self.samples = Counter("idproxy_trainer_samples", "samples trained", registry=r)
+        self.rate = Gauge("idproxy_trainer_samples_per_second", "last batch samples/s", registry=r)
+        self.auc_all = Gauge("idproxy_trainer_auc_all", "windowed prequential AUC", registry=r)
+        self.auc_new = Gauge("idproxy_trainer_auc_new", "windowed AUC on new items", registry=r)
+        self.ckpt_at = time.time()
+        age = Gauge("idproxy_trainer_checkpoint_age_seconds", "since last checkpoint", registry=r)
+        age.set_function(lambda: time.time() - self.ckpt_at)
+        self.lag = Gauge("idproxy_trainer_lag", "samples high watermark - position", registry=r)
+        start_http_server(port, addr="127.0.0.1", registry=r)
+
+    def checkpointed(self) -> None:
+        if self.enabled:
+            self.ckpt_at = time.time()
+
+    def observe(self, trainer: OnlineTrainer, n: int, seconds: float) -> None:
+        if not self.enabled:
+            return
+        self.samples.inc(n)
+        self.rate.set(n / max(seconds, 1e-9))
+        for gauge, m in ((self.auc_all, trainer.metrics_all), (self.auc_new, trainer.metrics_new)):
+            if trainer.batches % 10 == 0:
+                gauge.set(m.auc())
+        lag = 0
+        for tp in trainer.partitions:
+            high = trainer.consumer.highwater(tp)
+            if high is not None:
+                lag += max(0, high - trainer.consumer.position(tp))
+        self.lag.set(lag)

@@ -1,0 +1,110 @@
+"""The online CTR ranker: growing ID tables, one item slot, DIN attention, DCN-v2, MLP.
+
+Logit for (user u, target item i, history h_1..h_L):
+
+    slot(j)  = e_id(j)                                          (variant ``id-only``)
+    slot(j)  = W_s [e_id(j), m_j p_coarse(j), m_j p_fine(j), m_j]   (variant ``idproxy``)
+    x0       = [e_user(u), slot(i), DIN(slot(i), slot(h_1..h_L))]
+    logit    = MLP(CrossNetV2(x0))
+
+``slot`` is the same function for the target and for every history item ("structure
+reuse", paper §3.2.3). p_fine = FineHead(p_coarse, z_groups) (adaptor φ̃ + gate W_g, W_c)
+is computed inside the forward pass, so the CTR BCE loss trains it end to end; the MLLM
+never runs here (z_groups are cached features).
+
+**Miss mask.** m_j = 1 when item j has both cached features (z_groups) and a coarse proxy,
+else 0. A miss (an item whose features have not arrived yet, or a click that came before
+the upload: ``item_known=False``) contributes zeros for p_coarse and p_fine, and the flag
+m_j = 0 lets W_s learn a separate offset for such rows, so the slot falls back to e_id.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+
+from proxy_model.heads import FineHead
+from trainer.growing_embedding import GrowingEmbedding
+from trainer.layers import CrossNetV2, TargetAttention, tower
+
+Variant = Literal["idproxy", "id-only"]
+
+
+@dataclass(frozen=True)
+class OnlineShape:
+    """d = ID/proxy dim; D, G = MLLM hidden size and layer groups (idproxy only)."""
+
+    dim: int
+    hidden_size: int = 0
+    n_groups: int = 0
+    adaptor_hidden: int = 128
+    cross_layers: int = 2
+    attention_hidden: int = 32
+    mlp_hidden: tuple[int, ...] = (64, 32)
+    initial_rows: int = 1024
+
+
+@dataclass
+class Batch:
+    """One mini-batch as tensors.
+
+    users [B], items [B] (table rows), history [B, L] (rows, 0 = pad), labels [B] float.
+    Content of the U distinct items of the batch (idproxy only): content_index [B, 1+L]
+    maps target/history positions to 0..U-1 (pads point anywhere, they are masked);
+    p_coarse [U, d], z_groups [U, G, D], has_proxy [U] bool.
+    """
+
+    users: torch.Tensor
+    items: torch.Tensor
+    history: torch.Tensor
+    labels: torch.Tensor
+    content_index: torch.Tensor | None = None
+    p_coarse: torch.Tensor | None = None
+    z_groups: torch.Tensor | None = None
+    has_proxy: torch.Tensor | None = None
+
+
+class OnlineRanker(nn.Module):
+    """Batch -> logits [B]. Parameters are per instance (no sharing across variants)."""
+
+    def __init__(self, shape: OnlineShape, variant: Variant, seed: int = 0) -> None:
+        super().__init__()
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            self._build(shape, variant, seed)
+
+    def _build(self, shape: OnlineShape, variant: Variant, seed: int) -> None:
+        d = shape.dim
+        self.shape = shape
+        self.variant = variant
+        self.user_table = GrowingEmbedding(d, shape.initial_rows, seed=2 * seed)
+        self.item_table = GrowingEmbedding(d, shape.initial_rows, seed=2 * seed + 1)
+        if variant == "idproxy":
+            self.fine_head = FineHead(shape.hidden_size, d, shape.adaptor_hidden, shape.n_groups)
+            self.slot_proj = nn.Linear(3 * d + 1, d)
+        self.attention = TargetAttention(d, shape.attention_hidden)
+        self.cross = CrossNetV2(3 * d, shape.cross_layers)
+        self.mlp = tower(3 * d, shape.mlp_hidden)
+
+    def slots(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """(target slots [B, d], history slots [B, L, d])."""
+        rows = torch.cat([batch.items[:, None], batch.history], dim=1)  # [B, 1+L]
+        e = self.item_table(rows)
+        if self.variant == "id-only":
+            return e[:, 0], e[:, 1:]
+        assert batch.p_coarse is not None and batch.content_index is not None
+        has = batch.has_proxy.to(e.dtype)[:, None]  # [U, 1]
+        p_c = batch.p_coarse * has
+        p_f = self.fine_head(batch.p_coarse, batch.z_groups) * has
+        content = torch.cat([p_c, p_f, has], dim=-1)[batch.content_index]  # [B, 1+L, 2d+1]
+        s = self.slot_proj(torch.cat([e, content], dim=-1))
+        return s[:, 0], s[:, 1:]
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        target, hist = self.slots(batch)
+        interest = self.attention(target, hist, batch.history > 0)
+        x0 = torch.cat([self.user_table(batch.users), target, interest], dim=-1)
+        return self.mlp(self.cross(x0)).squeeze(-1)

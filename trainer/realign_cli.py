@@ -1,0 +1,225 @@
+"""`idproxy realign`: Stage-1 re-alignment of φ to the online trainer's drifting ID table.
+
+One run (``--once``, or every ``realign_interval_s`` with ``--schedule``):
+
+1. loads the trainer's latest checkpoint: item ids, ID rows and update counts;
+2. reads the features z of those items from the compacted ``item-features`` topic (only
+   features of the current encoder version: φ maps that encoder's z);
+3. takes the current coarse head φ from the LATEST bundle (else the seeded, untrained
+   heads ``ProxyService.assemble`` builds) and calls ``trainer.realign.realign_coarse_head``
+   (keep ≥ τ updates, ℓ2-normalise, warm-start φ, old vs new on held-out ids, guardrail);
+4. accepted: saves a new bundle (coarse replaced; pooling, projector, fine, layer groups,
+   encoder name kept; fine = the trainer's latest adaptor when it has one) and publishes
+   p_coarse = φ_new(z), p_fine = fine(p_coarse, z_groups) for every item with features as
+   a new version (named after the bundle) followed by its VersionCommit;
+   rejected: logs why and publishes nothing.
+
+It prints one JSON line. The encoder M is not refitted here: with ``encoder_train_mode``
+``lora`` a refit changes M, hence the features and ``encoder_version``; the new features
+would then have to be backfilled by re-encoding every item (replay the compacted ``items``
+history, or the store's item list, through workers running the new bundle) before any
+proxy of the new version could be published. See docs/TRAINER.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+
+from idproxy.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    when = parser.add_mutually_exclusive_group(required=True)
+    when.add_argument("--once", action="store_true", help="run one re-alignment now")
+    when.add_argument("--schedule", action="store_true", help="run every interval until SIGTERM")
+    parser.add_argument(
+        "--interval-s", type=float, help="override settings.trainer.realign_interval_s"
+    )
+    parser.add_argument(
+        "--trainer-state", help="the trainer's --state-dir (default <cache>/trainer)"
+    )
+    parser.add_argument("--state-dir", help="scheduler state (default <cache_dir>/realign)")
+    parser.add_argument("--artifacts-dir", help="proxy bundles (default <cache_dir>/artifacts)")
+    parser.add_argument("--tiny", action="store_true", help="tiny random encoder heads (tests)")
+    parser.add_argument(
+        "--shuffle-targets", action="store_true", help="deliberately bad candidate (tests)"
+    )
+
+
+def realign_once(settings: Settings, broker, args: argparse.Namespace) -> dict:
+    """One re-alignment run; returns the JSON-able result."""
+    import torch
+
+    from proxy_model.artifacts import save_bundle
+    from proxy_model.heads import FineHead
+    from proxy_model.service import ProxyService
+    from proxy_model.stage1 import Stage1Config
+    from streams.kafka_config import common_config, producer_config
+    from streams.topics import ensure_topics
+    from trainer.checkpoint import CheckpointDir, model_state
+    from trainer.item_cache import ContentReader, ItemCache
+    from trainer.online import publish_proxies
+    from trainer.realign import realign_coarse_head
+
+    cache_dir = Path(settings.cache_dir)
+    artifacts = Path(args.artifacts_dir or cache_dir / "artifacts")
+    started = time.time()
+    tensors, manifest, _ = CheckpointDir(Path(args.trainer_state or cache_dir / "trainer")).load()
+    state = model_state(tensors)
+    ids = manifest["item_table_ids"]
+    table = state["item_table.weight"][1 : len(ids) + 1]
+    counts = state["item_table.counts"][1 : len(ids) + 1]
+
+    if args.tiny:
+        svc = ProxyService.tiny(id_dim=settings.model.id_dim, bundle_root=artifacts)
+    else:
+        svc = ProxyService.from_settings(settings, bundle_root=artifacts)
+    topics = ensure_topics(settings, common_config(settings, broker))
+    cache = ItemCache()
+    reader = ContentReader(settings, broker, topics, cache)
+    reader.catch_up()
+    reader.close()
+    current = [
+        i for i in cache.with_features() if cache.items[i].encoder_version == svc.encoder_version
+    ]
+    row_of = {i: r for r, i in enumerate(ids)}
+    both = [i for i in current if i in row_of]
+
+    def stack(items: list[str], attr: str) -> torch.Tensor:
+        return torch.stack([torch.from_numpy(getattr(cache.items[i], attr)) for i in items])
+
+    result: dict = {
+        "job": "realign",
+        "checkpoint": manifest["version"],
+        "current_version": svc.proxy_version,
+        "items_with_features": len(current),
+        "items_in_table": len(ids),
+        "shuffle_targets": args.shuffle_targets,
+    }
+    if len(both) < 10:
+        return {
+            **result,
+            "accepted": False,
+            "reason": f"only {len(both)} items have features and ID rows",
+        }
+    rows = torch.tensor([row_of[i] for i in both])
+    s1 = settings.stage1
+    config = Stage1Config(
+        lr=s1.lr,
+        weight_decay=s1.weight_decay,
+        batch_size=s1.batch_size,
+        epochs=s1.epochs,
+        tau_c=s1.tau_c,
+        seed=s1.seed,
+    )
+    t = settings.trainer
+    try:
+        outcome = realign_coarse_head(
+            stack(both, "z"),
+            table[rows],
+            counts[rows],
+            svc.coarse,
+            config,
+            min_updates=s1.min_updates,
+            holdout_fraction=t.realign_holdout_fraction,
+            tolerance=t.realign_tolerance,
+            shuffle_targets=args.shuffle_targets,
+        )
+    except ValueError as exc:  # too few ids with >= tau updates
+        return {**result, "accepted": False, "reason": str(exc)}
+    result.update(
+        accepted=outcome.accepted,
+        reason=outcome.reason,
+        n_targets=outcome.n_targets,
+        old={"recall@10": outcome.current.recall_at_k, "cosine": outcome.current.mean_cosine},
+        new={
+            "recall@10": outcome.candidate_report.recall_at_k,
+            "cosine": outcome.candidate_report.mean_cosine,
+        },
+    )
+    if not outcome.accepted:
+        log.warning("re-alignment rejected: %s", outcome.reason)
+        return result
+
+    fine = svc.fine
+    trained = {k[len("fine_head.") :]: v for k, v in state.items() if k.startswith("fine_head.")}
+    if trained and all(trained[k].shape == v.shape for k, v in fine.state_dict().items()):
+        fine = FineHead(
+            svc.featurizer.hidden_size,
+            svc.id_dim,
+            trained["adaptor.0.weight"].shape[0],
+            len(svc.featurizer.layer_groups),
+        )
+        fine.load_state_dict(trained)
+    fine.eval()
+    modules = {"pooling": svc.featurizer.pooling, "coarse": outcome.candidate, "fine": fine}
+    if svc.featurizer.encoder.projector is not None:
+        modules["projector"] = svc.featurizer.encoder.projector
+    version = save_bundle(
+        artifacts,
+        modules,
+        {
+            "kind": "proxy",
+            "encoder_name": svc.featurizer.encoder.name,
+            "layer_groups": svc.featurizer.layer_groups,
+            "parent": svc.proxy_version,
+            "realigned_from_checkpoint": manifest["version"],
+            "fine_trained": bool(trained),
+        },
+    )
+    with torch.no_grad():
+        p_coarse = outcome.candidate(stack(current, "z"))
+        p_fine = fine(p_coarse, stack(current, "z_groups"))
+    from kafka import KafkaProducer
+
+    producer = KafkaProducer(**producer_config(settings, broker))
+    try:
+        publish_proxies(producer, topics, version, current, cache, p_coarse, p_fine)
+    finally:
+        producer.close()
+    return {
+        **result,
+        "new_version": version,
+        "published_items": len(current),
+        "seconds": round(time.time() - started, 2),
+    }
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    from streams.broker import external_broker
+
+    if not settings.kafka.bootstrap:
+        print("error: set IDPROXY_KAFKA_BOOTSTRAP (e.g. from `idproxy broker`)")
+        return 2
+    broker = external_broker(settings)
+    if args.once:
+        print(json.dumps(realign_once(settings, broker, args)), flush=True)
+        return 0
+
+    from streams.lifecycle import stop_signals
+    from trainer.scheduler import PersistentIntervalJob
+
+    stopping = [False]
+    interval = args.interval_s or settings.trainer.realign_interval_s
+
+    def job() -> None:
+        try:
+            print(json.dumps(realign_once(settings, broker, args)), flush=True)
+        except FileNotFoundError as exc:  # no trainer checkpoint yet
+            print(json.dumps({"job": "realign", "accepted": False, "reason": str(exc)}), flush=True)
+
+    state_dir = Path(args.state_dir or Path(settings.cache_dir) / "realign")
+    scheduler = PersistentIntervalJob(job, interval, state_dir)
+    scheduler.start()
+    print(f"realign scheduled every {interval} s (state {state_dir})", flush=True)
+    with stop_signals(lambda signum, frame: stopping.__setitem__(0, True)):
+        while not stopping[0]:
+            time.sleep(0.2)
+    scheduler.shutdown(wait=True)
+    return 0
