@@ -42,6 +42,7 @@ class ItemCache:
     """item id -> ItemContent; ``dims`` = (D, G) once a features record has been seen."""
 
     items: dict[str, ItemContent] = field(default_factory=dict)
+    changes: list[str] = field(default_factory=list)  # append-only log of updated item ids
     dims: tuple[int, int] | None = None
     id_dim: int | None = None
 
@@ -51,6 +52,7 @@ class ItemCache:
         c.encoder_version, c.uploaded_at = header.encoder_version, header.uploaded_at
         g, d = c.z_groups.shape
         self.dims = (d, g)
+        self.changes.append(item_id)
 
     def put_proxy(self, item_id: str, header, arrays: dict[str, np.ndarray]) -> None:
         if header.proxy_version.startswith(REPROXY_PREFIX):
@@ -59,6 +61,7 @@ class ItemCache:
         if header.produced_at >= c.coarse_at:
             c.p_coarse, c.coarse_at = arrays["p_coarse"], header.produced_at
             self.id_dim = len(c.p_coarse)
+            self.changes.append(item_id)
 
     def ready(self, item_id: str) -> bool:
         c = self.items.get(item_id)

@@ -71,12 +71,43 @@ class RecentIds:
 
 
 class BatchBuilder:
-    """TrainingSamples -> :class:`Batch` (grows the ID tables; gathers cached content)."""
+    """TrainingSamples -> :class:`Batch` (grows the ID tables; gathers cached content).
+
+    Content is mirrored in tensors aligned with the item table's rows (p_coarse [R, d],
+    z_groups [R, G, D], has [R]), refreshed from the cache's change log before each batch,
+    so a batch gathers its distinct items with one index_select.
+    """
 
     def __init__(self, model: OnlineRanker, cache: ItemCache, history_len: int) -> None:
         self.model = model
         self.cache = cache
         self.history_len = history_len
+        self.synced_rows = 0  # rows 1..synced_rows have been filled
+        self.cursor = 0  # position in cache.changes
+        if model.variant == "idproxy":
+            s = model.shape
+            self.pc = torch.zeros(0, s.dim)
+            self.zg = torch.zeros(0, s.n_groups, s.hidden_size)
+            self.has = torch.zeros(0, dtype=torch.bool)
+
+    def _sync(self) -> None:
+        table = self.model.item_table
+        if len(self.has) < table.capacity:
+            extra = table.capacity - len(self.has)
+            self.pc = torch.cat([self.pc, self.pc.new_zeros(extra, *self.pc.shape[1:])])
+            self.zg = torch.cat([self.zg, self.zg.new_zeros(extra, *self.zg.shape[1:])])
+            self.has = torch.cat([self.has, self.has.new_zeros(extra)])
+        rows = set(range(self.synced_rows + 1, table.n_ids + 1))
+        changes = self.cache.changes
+        rows.update(table.index[i] for i in changes[self.cursor :] if i in table.index)
+        self.cursor, self.synced_rows = len(changes), table.n_ids
+        for row in rows:
+            item = table.ids[row - 1]
+            if self.cache.ready(item):
+                c = self.cache.items[item]
+                self.pc[row] = torch.from_numpy(c.p_coarse)
+                self.zg[row] = torch.from_numpy(c.z_groups)
+                self.has[row] = True
 
     def build(self, samples: list) -> Batch:
         m, h = self.model, self.history_len
@@ -84,26 +115,19 @@ class BatchBuilder:
         items = m.item_table.rows([s.item_id for s in samples])
         hists = [s.history[-h:] for s in samples]
         flat = m.item_table.rows([i for hist in hists for i in hist])
+        lengths = torch.tensor([len(x) for x in hists])
         history = torch.zeros(len(samples), h, dtype=torch.long)
-        k = 0
-        for b, hist in enumerate(hists):
-            history[b, : len(hist)] = flat[k : k + len(hist)]
-            k += len(hist)
+        history[torch.arange(h)[None, :] < lengths[:, None]] = flat
         labels = torch.tensor([float(s.label) for s in samples])
         batch = Batch(users, items, history, labels)
         if m.variant == "idproxy":
-            position: dict[str, int] = {}
-            index = torch.zeros(len(samples), 1 + h, dtype=torch.long)
-            for b, (s, hist) in enumerate(zip(samples, hists, strict=True)):
-                for j, item in enumerate([s.item_id, *hist]):
-                    index[b, j] = position.setdefault(item, len(position))
-            pc, zg, has = self.cache.gather(list(position), m.shape.dim)
-            batch.content_index, batch.p_coarse, batch.z_groups, batch.has_proxy = (
-                index,
-                pc,
-                zg,
-                has,
-            )
+            self._sync()
+            rows = torch.cat([items[:, None], history], dim=1)
+            uniq, inverse = torch.unique(rows, return_inverse=True)
+            batch.content_index = inverse
+            batch.p_coarse = self.pc[uniq]
+            batch.z_groups = self.zg[uniq]
+            batch.has_proxy = self.has[uniq]
         return batch
 
 
@@ -138,7 +162,78 @@ def attach_optimizer(model: OnlineRanker, lr: float) -> torch.optim.Adam:
     return optimizer
 
 
-class OnlineTrainer:
+class TrainerCore:
+    """The Kafka-free part of the loop: parse, de-duplicate, score, train, keep metrics.
+
+    ``process(messages)`` takes records with ``.value``, ``.partition``, ``.offset``.
+    """
+
+    def __init__(self, settings: Settings, model: OnlineRanker, optimizer, cache: ItemCache):
+        t = settings.trainer
+        self.settings = settings
+        self.model = model
+        self.optimizer = optimizer
+        self.cache = cache
+        self.builder = BatchBuilder(model, cache, t.history_len)
+        self.metrics_all = WindowedAUC(t.eval_window)
+        self.metrics_new = WindowedAUC(t.eval_window)
+        self.predictions = Predictions()
+        self.recent = RecentIds(t.dedup_window)
+        self.samples = 0
+        self.new_samples = 0
+        self.batches = 0
+        self.rejected = 0
+        self.offsets: dict[int, int] = {}
+
+    def _reject(self, message, reason: str) -> None:
+        self.rejected += 1
+        log.warning("rejected sample at %d@%d: %s", message.partition, message.offset, reason)
+
+    def _parse(self, messages: list) -> list:
+        from streams.events import EventError, TrainingSample, parse_json
+
+        samples = []
+        for m in messages:
+            self.offsets[m.partition] = m.offset + 1
+            try:
+                s = parse_json(m.value, TrainingSample)
+            except EventError as exc:
+                self._reject(m, str(exc))
+                continue
+            if s.sample_id in self.recent:
+                continue
+            self.recent.add(s.sample_id)
+            samples.append(s)
+        return samples
+
+    def is_new(self, sample) -> bool:
+        t = self.settings.trainer
+        young = sample.item_age_s is not None and sample.item_age_s < t.new_item_age_s
+        return sample.item_interactions < t.new_item_interactions or young
+
+    def process(self, messages: list) -> int:
+        """Parses, scores (prequential) and trains on one batch; returns samples trained."""
+        samples = self._parse(messages)
+        if not samples:
+            return 0
+        batch = self.builder.build(samples)
+        self.model.train()
+        probs = train_step(self.model, self.optimizer, batch).tolist()
+        labels = [s.label for s in samples]
+        new = [self.is_new(s) for s in samples]
+        self.metrics_all.update(probs, labels)
+        self.metrics_new.update(
+            [p for p, n in zip(probs, new, strict=True) if n],
+            [y for y, n in zip(labels, new, strict=True) if n],
+        )
+        self.predictions.extend(probs, labels, new, [s.ts for s in samples])
+        self.samples += len(samples)
+        self.new_samples += sum(new)
+        self.batches += 1
+        return len(samples)
+
+
+class OnlineTrainer(TrainerCore):
     """The consume -> score -> train -> checkpoint -> commit loop of one variant."""
 
     def __init__(
@@ -178,14 +273,7 @@ class OnlineTrainer:
         ]
         self.consumer.assign(self.partitions)
         self.ckpts = CheckpointDir(self.state_dir, keep=t.checkpoints_kept)
-        self.metrics_all = WindowedAUC(t.eval_window)
-        self.metrics_new = WindowedAUC(t.eval_window)
-        self.predictions = Predictions()
-        self.samples = 0
-        self.new_samples = 0
-        self.batches = 0
         self.checkpoints = 0
-        self.offsets: dict[int, int] = {}
         self.last_checkpoint: str | None = None
         self.proxy_version: str | None = None
         self.stopping = False
@@ -226,11 +314,12 @@ class OnlineTrainer:
         version = self.ckpts.latest()
         if version is None:
             shape, fine = self._fresh_shape()
-            self.model = self._new_model(shape)
+            model = self._new_model(shape)
             if fine is not None:
-                self.model.fine_head.load_state_dict(fine)
-            self.optimizer = attach_optimizer(self.model, t.online_lr)
-            self.recent = RecentIds(t.dedup_window)
+                model.fine_head.load_state_dict(fine)
+            TrainerCore.__init__(
+                self, self.settings, model, attach_optimizer(model, t.online_lr), self.cache
+            )
             for tp in self.partitions:
                 committed = self.consumer.committed(tp)
                 if committed is None:
@@ -239,7 +328,6 @@ class OnlineTrainer:
                     self.consumer.seek(tp, committed)
         else:
             self._restore(version)
-        self.builder = BatchBuilder(self.model, self.cache, t.history_len)
         self.last_checkpoint_at = time.time()
         self.last_reproxy_at = time.time()
         self.last_report_at = time.time()
@@ -250,22 +338,24 @@ class OnlineTrainer:
         shape = OnlineShape(
             **{**manifest["shape"], "mlp_hidden": tuple(manifest["shape"]["mlp_hidden"])}
         )
-        self.model = self._new_model(shape)
+        model = self._new_model(shape)
         state = model_state(tensors)
         for name, table in (
-            ("user_table", self.model.user_table),
-            ("item_table", self.model.item_table),
+            ("user_table", model.user_table),
+            ("item_table", model.item_table),
         ):
             table.restore(manifest[f"{name}_ids"], state[f"{name}.weight"], state[f"{name}.counts"])
-        self.model.load_state_dict(state)
-        self.optimizer = attach_optimizer(self.model, t.online_lr)
-        load_optimizer(self.optimizer, tensors, manifest["opt_groups"])
+        model.load_state_dict(state)
+        optimizer = attach_optimizer(model, t.online_lr)
+        load_optimizer(optimizer, tensors, manifest["opt_groups"])
+        TrainerCore.__init__(self, self.settings, model, optimizer, self.cache)
         self.recent = RecentIds(t.dedup_window, manifest["recent_sample_ids"])
         self.samples, self.batches = manifest["samples"], manifest["batches"]
         self.new_samples = manifest["new_samples"]
         self.checkpoints = manifest["checkpoints"]
         self.proxy_version = manifest.get("proxy_version")
         self.predictions = Predictions.load(folder / "predictions.npz")
+        self._refill_windows()
         self.offsets = {int(p): o for p, o in manifest["offsets"].items()}
         for tp in self.partitions:
             if tp.partition in self.offsets:
@@ -299,49 +389,6 @@ class OnlineTrainer:
             if deadline is not None and time.time() >= deadline:
                 break
         return batch
-
-    def _parse(self, messages: list) -> list:
-        from streams.events import EventError, TrainingSample, parse_json
-
-        samples = []
-        for m in messages:
-            self.offsets[m.partition] = m.offset + 1
-            try:
-                s = parse_json(m.value, TrainingSample)
-            except EventError as exc:
-                self.dlq.send(m, str(exc))
-                continue
-            if s.sample_id in self.recent:
-                continue
-            self.recent.add(s.sample_id)
-            samples.append(s)
-        return samples
-
-    def is_new(self, sample) -> bool:
-        t = self.settings.trainer
-        young = sample.item_age_s is not None and sample.item_age_s < t.new_item_age_s
-        return sample.item_interactions < t.new_item_interactions or young
-
-    def process(self, messages: list) -> int:
-        """Parses, scores (prequential) and trains on one batch; returns samples trained."""
-        samples = self._parse(messages)
-        if not samples:
-            return 0
-        batch = self.builder.build(samples)
-        self.model.train()
-        probs = train_step(self.model, self.optimizer, batch).tolist()
-        labels = [s.label for s in samples]
-        new = [self.is_new(s) for s in samples]
-        self.metrics_all.update(probs, labels)
-        self.metrics_new.update(
-            [p for p, n in zip(probs, new, strict=True) if n],
-            [y for y, n in zip(labels, new, strict=True) if n],
-        )
-        self.predictions.extend(probs, labels, new, [s.ts for s in samples])
-        self.samples += len(samples)
-        self.new_samples += sum(new)
-        self.batches += 1
-        return len(samples)
 
     def run(self, *, idle_exit_s: float | None = None) -> dict:
         """Loops until SIGTERM/SIGINT or ``idle_exit_s`` without samples; returns the summary."""
@@ -380,6 +427,18 @@ class OnlineTrainer:
         return (every_batches > 0 and self.batches % every_batches == 0) or (
             every_s > 0 and time.time() - last_at >= every_s
         )
+
+    def _reject(self, message, reason: str) -> None:
+        self.rejected += 1
+        self.dlq.send(message, reason)
+
+    def _refill_windows(self) -> None:
+        """Windowed metrics continue from the restored prediction stream."""
+        a = self.predictions.arrays()
+        w = self.settings.trainer.eval_window
+        self.metrics_all.update(a["score"][-w:].tolist(), a["label"][-w:].tolist())
+        new = a["is_new"]
+        self.metrics_new.update(a["score"][new][-w:].tolist(), a["label"][new][-w:].tolist())
 
     def _on_signal(self, signum, frame) -> None:
         log.info("signal %d: finishing the batch, then a checkpoint", signum)

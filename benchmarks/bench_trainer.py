@@ -1,0 +1,195 @@
+"""`idproxy bench trainer`: samples/s of the online trainer loop vs a bare PyTorch loop.
+
+Both sides train the same model (same seed, same settings) on the same mini-batches held
+in memory:
+
+* **trainer loop** — ``trainer.online.TrainerCore.process``: JSON parsing and validation of
+  each TrainingSample, de-duplication, ID-table growth, content gathering from the item
+  cache, the forward/backward/Adam step, windowed AUC/LogLoss and the prediction stream;
+* **bare loop** — the batches pre-built as tensors, then only forward, BCE, backward and
+  ``optimizer.step()``.
+
+Kafka polling and checkpoints are not in either number (checkpoints are every N batches
+and are measured by the trainer's own logs). Sizes default to MovieLens-100K with the
+SmolLM2 feature sizes (D = 576, G = 3, d = settings.model.id_dim); features are random.
+The goal is a ratio trainer / bare ≥ 0.8. Ends with one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import time
+from collections import namedtuple
+
+from idproxy.settings import Settings
+
+Record = namedtuple("Record", "value partition offset")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--samples", type=int, default=20_000)
+    parser.add_argument("--users", type=int, default=943)
+    parser.add_argument("--items", type=int, default=1682)
+    parser.add_argument("--hidden", type=int, default=576, help="D of the cached features")
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved repeats (median)")
+    parser.add_argument("--tiny", action="store_true", help="small sizes (smoke test)")
+
+
+def _world(args, settings):
+    import numpy as np
+
+    from streams.events import ItemFeaturesRecord, ProxyRecordEvent, TrainingSample, to_json
+    from trainer.item_cache import ItemCache
+
+    rng = np.random.default_rng(0)
+    d, groups = settings.model.id_dim, settings.model.n_layer_groups
+    cache = ItemCache()
+    for i in range(args.items):
+        fh = ItemFeaturesRecord(item_id=str(i), encoder_version="e", uploaded_at=0, produced_at=0)
+        zg = rng.standard_normal((groups, args.hidden)).astype(np.float32)
+        cache.put_features(str(i), fh, {"z": zg.mean(0), "z_groups": zg})
+        ph = ProxyRecordEvent(
+            item_id=str(i), proxy_version="p", encoder_version="e", uploaded_at=0, produced_at=0
+        )
+        pc = rng.standard_normal(d).astype(np.float32)
+        cache.put_proxy(str(i), ph, {"p_coarse": pc / np.linalg.norm(pc)})
+    pick = random.Random(0)
+    history: dict[str, list[str]] = {}
+    counts = [0] * args.items
+    records = []
+    for k in range(args.samples):
+        u, i = pick.randrange(args.users), pick.randrange(args.items)
+        label = int(pick.random() < (0.7 if (u + i) % 3 == 0 else 0.2))
+        hist = history.setdefault(f"u{u}", [])
+        sample = TrainingSample(
+            sample_id=f"s/0/{k}",
+            user_id=f"u{u}",
+            item_id=str(i),
+            label=label,
+            ts=float(k),
+            history=hist[-settings.trainer.history_len :],
+            item_interactions=counts[i],
+            item_age_s=float(k),
+            item_known=True,
+        )
+        counts[i] += 1
+        if label:
+            hist.append(str(i))
+        records.append(Record(to_json(sample), 0, k))
+    return cache, records
+
+
+def _model(settings, variant: str, hidden: int):
+    from trainer.online import attach_optimizer
+    from trainer.online_model import OnlineRanker, OnlineShape
+
+    t, m = settings.trainer, settings.model
+    shape = OnlineShape(
+        dim=m.id_dim,
+        hidden_size=hidden,
+        n_groups=m.n_layer_groups,
+        adaptor_hidden=m.adaptor_hidden,
+        cross_layers=t.cross_layers,
+        attention_hidden=t.attention_hidden,
+        mlp_hidden=tuple(t.mlp_hidden),
+        initial_rows=t.initial_rows,
+    )
+    model = OnlineRanker(shape, variant, seed=t.online_seed)
+    return model, attach_optimizer(model, t.online_lr)
+
+
+def _trainer_loop(settings, variant, hidden, cache, chunks) -> float:
+    from trainer.online import TrainerCore
+
+    model, optimizer = _model(settings, variant, hidden)
+    core = TrainerCore(settings, model, optimizer, cache)
+    started = time.perf_counter()
+    for chunk in chunks:
+        core.process(chunk)
+    return core.samples / (time.perf_counter() - started)
+
+
+def _bare_loop(settings, variant, hidden, cache, chunks) -> float:
+    import torch
+    import torch.nn.functional as F
+
+    from streams.events import TrainingSample
+    from trainer.online import BatchBuilder
+
+    model, optimizer = _model(settings, variant, hidden)
+    builder = BatchBuilder(model, cache, settings.trainer.history_len)
+    batches = [
+        builder.build([TrainingSample.model_validate_json(r.value) for r in chunk])
+        for chunk in chunks
+    ]
+    n = sum(len(b.labels) for b in batches)
+    started = time.perf_counter()
+    for batch in batches:
+        loss = F.binary_cross_entropy_with_logits(model(batch), batch.labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    torch.sigmoid(loss.detach())
+    return n / (time.perf_counter() - started)
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    import torch
+    from rich.console import Console
+    from rich.table import Table
+    from tqdm import tqdm
+
+    if args.tiny:
+        args.samples, args.users, args.items, args.hidden = 2000, 100, 200, 32
+    torch.set_num_threads(settings.trainer.threads)
+    console = Console()
+    cache, records = _world(args, settings)
+    size = settings.trainer.online_batch_size
+    chunks = [records[k : k + size] for k in range(0, len(records), size)]
+    for variant in ("idproxy", "id-only"):  # warm-up: first-call costs out of the timings
+        _trainer_loop(settings, variant, args.hidden, cache, chunks[:3])
+        _bare_loop(settings, variant, args.hidden, cache, chunks[:3])
+    rates: dict[tuple[str, str], list[float]] = {}
+    jobs = [
+        (v, side)
+        for _ in range(args.repeats)
+        for v in ("idproxy", "id-only")
+        for side in ("trainer", "bare")
+    ]
+    for variant, side in tqdm(jobs, desc="bench trainer", unit="run"):
+        loop = _trainer_loop if side == "trainer" else _bare_loop
+        rates.setdefault((variant, side), []).append(
+            loop(settings, variant, args.hidden, cache, chunks)
+        )
+
+    table = Table(
+        title=f"online trainer, {args.samples} samples, batch {size}, median of {args.repeats}"
+    )
+    for col in ("variant", "trainer loop samples/s", "bare loop samples/s", "ratio"):
+        table.add_column(col)
+    summary: dict = {
+        "bench": "trainer",
+        "samples": args.samples,
+        "batch": size,
+        "hidden": args.hidden,
+    }
+    for variant in ("idproxy", "id-only"):
+        tr = statistics.median(rates[(variant, "trainer")])
+        bare = statistics.median(rates[(variant, "bare")])
+        table.add_row(variant, f"{tr:,.0f}", f"{bare:,.0f}", f"{tr / bare:.3f}")
+        key = variant.replace("-", "_")
+        summary.update(
+            {
+                f"{key}_trainer_sps": round(tr, 1),
+                f"{key}_bare_sps": round(bare, 1),
+                f"{key}_ratio": round(tr / bare, 3),
+            }
+        )
+    console.print(table)
+    summary["goal_ratio"] = 0.8
+    summary["goal_met"] = all(summary[f"{k}_ratio"] >= 0.8 for k in ("idproxy", "id_only"))
+    print(json.dumps(summary), flush=True)
+    return 0
