@@ -69,16 +69,16 @@ class GrowingEmbedding(nn.Module):
 
     def rows(self, ids: Sequence[str], grow: bool = True) -> torch.Tensor:
         """ids -> rows [len(ids)]; unknown ids get new rows (or 0 when ``grow`` is False)."""
-        out = []
-        for i in ids:
-            row = self.index.get(i)
-            if row is None:
-                if not grow:
-                    out.append(0)
-                    continue
-                self.ids.append(i)
-                row = self.index[i] = len(self.ids)
-            out.append(row)
+        index = self.index
+        out = [index.get(i, 0) for i in ids]
+        if grow and 0 in out:
+            for k, i in enumerate(ids):
+                if out[k] == 0:
+                    row = index.get(i)
+                    if row is None:
+                        self.ids.append(i)
+                        row = index[i] = len(self.ids)
+                    out[k] = row
         if len(self.ids) + 1 > self.capacity:
             self.grow_to(len(self.ids) + 1)
         return torch.tensor(out, dtype=torch.long)
