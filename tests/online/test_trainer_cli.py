@@ -1,0 +1,44 @@
+"""`idproxy trainer --variant id-only`: the baseline runs on the same stream without proxies."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from streams.topics import ensure_topics
+from tests.online.synthetic import sample_messages, samples
+from tests.streams.helpers import CliProcess, common_config, produce
+
+KEYS = {"t", "samples", "auc_all", "auc_new", "logloss_all", "n_new", "checkpoint", "proxy_version"}
+
+
+def test_id_only_trainer_writes_metrics_predictions_and_summary(
+    kafka_settings, kafka_broker, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("IDPROXY_TRAINER_ONLINE_BATCH_SIZE", "50")
+    monkeypatch.setenv("IDPROXY_TRAINER_BATCH_MAX_WAIT_MS", "300")
+    monkeypatch.setenv("IDPROXY_TRAINER_THREADS", "1")
+    topics = ensure_topics(kafka_settings, common_config(kafka_settings, kafka_broker))
+    data = samples(500, 20, 30)
+    produce(kafka_settings, kafka_broker, topics.samples, sample_messages(data + data[:50]))
+    state = tmp_path / "id-only"
+    proc = CliProcess(
+        kafka_settings, kafka_broker, "trainer", "--variant", "id-only",
+        "--state-dir", str(state), "--idle-exit", "3",
+    )  # fmt: skip
+    out = proc.finish(timeout=120)
+    assert proc.proc.returncode == 0 and "trainer ready (id-only" in out, out[-3000:]
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["samples"] == 500 and summary["n_all"] == 500  # the 50 repeats were dropped
+    assert summary["proxy_version"] is None and 0.0 <= summary["cum_auc_all"] <= 1.0
+    lines = [json.loads(x) for x in (state / "metrics.jsonl").read_text().splitlines()]
+    assert set(lines[-1]) >= KEYS and lines[-1]["samples"] == 500
+    with np.load(state / "predictions.npz", allow_pickle=False) as p:
+        assert {k: p[k].dtype.kind for k in p.files} == {
+            "score": "f",
+            "label": "i",
+            "is_new": "b",
+            "ts": "f",
+        }
+        assert len(p["score"]) == 500
