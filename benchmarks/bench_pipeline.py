@@ -115,7 +115,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             t.join()
         producer.close()
         store.close()
-        fresh = materializer.freshness
+        fresh = list(materializer.freshness.values())
 
     table = Table(
         title=f"Pipeline on rung {broker.rung} ({broker.name}), model {service.featurizer.encoder.name}"

@@ -28,7 +28,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "worker": ("streams.worker", "run a proxy worker (items -> features + proxies)"),
     "materialize": ("streams.materializer", "materialise the proxies topic into the store"),
     "processor": ("streams.processor", "run the faust stream processor (clicks -> samples)"),
-    "trainer": ("trainer.online_cli", "run the online Stage-2 trainer (samples -> ranker + adaptor)"),
+    "trainer": (
+        "trainer.online_cli",
+        "run the online Stage-2 trainer (samples -> ranker + adaptor)",
+    ),
     "realign": ("trainer.realign_cli", "re-align the coarse head to the trainer's ID table"),
     "settings": ("idproxy.show_settings", "print the effective settings as JSON"),
 }

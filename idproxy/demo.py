@@ -1,18 +1,269 @@
-"""`idproxy demo`: the main job. Until the live pipeline lands it runs the offline
-Stage-1 alignment on MovieLens-100K with real weights (`idproxy align`)."""
+"""`idproxy demo`: the whole live system on a MovieLens-100K replay, from one command.
+
+1. A broker by the ladder (Apache Kafka from jars where present, else embedded Tansu).
+2. Supervised subprocesses (logs in ``<run>/logs``): the store materializer and its HTTP
+   read API, the faust processor, ``demo.workers`` proxy workers (real weights unless
+   ``--tiny``), two online trainers on the same ``samples`` stream (``idproxy`` with the
+   proxies in the ID slot, and the ``id-only`` baseline, each its own consumer group) and
+   the re-alignment scheduler.
+3. The replay: items are uploaded just before their first rating and ratings arrive as
+   clicks in time order, compressed to ``replay_s`` seconds, so new items keep arriving.
+   Events are stamped with the wall-clock time they are sent (freshness, item age).
+4. Progress lines while it runs; then it waits until every item is servable and both
+   trainers have consumed every sample, stops everything (SIGTERM, then SIGKILL; also on
+   Ctrl-C) and prints the summary (``idproxy.demo_report``): counts, DLQ, freshness,
+   online AUC of IDProxy vs ID-only on new and on all items, the versions published,
+   PNG plots and one JSON line.
+
+Everything lives under ``<run_dir>/demo-<time>/``: topics get a run-unique prefix, and the
+store, trainer states and proxy bundles are private to the run.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
 
 from idproxy.settings import Settings
 
+# the head widths of ProxyService.tiny(), so trainer and realign bundles fit tiny workers
+TINY_HEADS = {"IDPROXY_MODEL_COARSE_HIDDEN": "16", "IDPROXY_MODEL_ADAPTOR_HIDDEN": "16"}
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--quick", action="store_true", help="a small, fast run")
+    parser.add_argument("--quick", action="store_true", help="a small replay (about 2 minutes)")
+    parser.add_argument("--tiny", action="store_true", help="tiny random encoder (tests)")
+    parser.add_argument("--ratings", type=int, help="ratings to replay (default from settings)")
+    parser.add_argument("--replay-s", type=float, help="wall-clock length of the replay")
+    parser.add_argument("--workers", type=int, help="proxy workers (default from settings)")
+    parser.add_argument("--run-dir", help="output folder (default <run_dir>/demo-<time>)")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What one demo run does (resolved from the arguments and ``settings.demo``)."""
+
+    ratings: int
+    items: int
+    clicks: int
+    replay_s: float
+    speed: float
+    workers: int
+    realign_interval_s: float
+    checkpoint_every_s: float
+    tiny: bool
+    id_dim: int
+    run_dir: Path
+
+
+def make_plan(args: argparse.Namespace, settings: Settings) -> Plan:
+    """Counts the replayed items and picks the time compression for ``replay_s``."""
+    from trainer.movielens import load_movielens
+
+    d = settings.demo
+    data = load_movielens()
+    ratings = min(args.ratings or (d.quick_ratings if args.quick else d.ratings), len(data.users))
+    replay_s = args.replay_s or (d.quick_replay_s if args.quick else d.replay_s)
+    span = float(data.timestamps[ratings - 1] - data.timestamps[0])
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return Plan(
+        ratings=ratings,
+        items=len(set(data.items[:ratings].tolist())),
+        clicks=ratings,
+        replay_s=replay_s,
+        speed=max(span / replay_s, 1e-9),
+        workers=args.workers or d.workers,
+        realign_interval_s=d.quick_realign_interval_s if args.quick else d.realign_interval_s,
+        checkpoint_every_s=d.quick_checkpoint_every_s if args.quick else d.checkpoint_every_s,
+        tiny=args.tiny,
+        id_dim=8 if args.tiny else settings.model.id_dim,  # the tiny service's d is 8
+        run_dir=Path(args.run_dir or Path(settings.run_dir) / f"demo-{stamp}").resolve(),
+    )
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    from trainer import stage1_job
+    from idproxy.demo_report import write_report
+    from idproxy.supervisor import ChildFailed, Supervisor
+    from streams.broker import broker_from_ladder, free_port
 
-    return stage1_job.run(args, settings)
+    plan = make_plan(args, settings)
+    plan.run_dir.mkdir(parents=True, exist_ok=True)
+    print(
+        f"demo: {plan.ratings:,} ratings, {plan.items:,} items, replay {plan.replay_s:.0f} s "
+        f"(x{plan.speed:,.0f}), {plan.workers} worker(s), "
+        f"{'tiny' if plan.tiny else 'real-weight'} encoder; output in {plan.run_dir}",
+        flush=True,
+    )
+    with broker_from_ladder(settings) as broker:
+        print(f"demo: broker rung {broker.rung} ({broker.name}) at {broker.bootstrap}", flush=True)
+        port = free_port()
+        env = {
+            **broker.child_env(),
+            "IDPROXY_KAFKA_TOPIC_PREFIX": f"demo-{plan.run_dir.name}-",
+            "IDPROXY_STORE_PATH": str(plan.run_dir / "store"),
+            "IDPROXY_STORE_HTTP_PORT": str(port),
+            "IDPROXY_MODEL_ARTIFACTS_DIR": str(plan.run_dir / "artifacts"),
+            "IDPROXY_MODEL_ID_DIM": str(plan.id_dim),
+            **(TINY_HEADS if plan.tiny else {}),
+            "IDPROXY_TRAINER_CHECKPOINT_EVERY_S": str(plan.checkpoint_every_s),
+            # "new" by age: one dataset day, in compressed wall-clock seconds
+            "IDPROXY_TRAINER_NEW_ITEM_AGE_S": str(86400 / plan.speed),
+        }
+        started = time.time()
+        try:
+            with Supervisor(plan.run_dir / "logs", env) as sup:
+                _start_components(sup, plan, settings)
+                _replay(sup, plan, settings, port)
+                _drain(sup, plan, settings, port)
+                _stop_in_order(sup)
+            dlq = count_dead_letters(settings, broker, env["IDPROXY_KAFKA_TOPIC_PREFIX"])
+        except ChildFailed as exc:
+            print(f"demo: a component failed: {exc}", flush=True)
+            return 1
+        except KeyboardInterrupt:
+            print("demo: interrupted; every component was stopped", flush=True)
+            return 130
+    summary = write_report(plan, broker_rung=broker.rung, seconds=time.time() - started, dlq=dlq)
+    print(json.dumps(summary), flush=True)
+    return 0
+
+
+def _start_components(sup, plan: Plan, settings: Settings) -> None:
+    ready = settings.demo.ready_timeout_s
+    r = plan.run_dir
+    tiny = ["--tiny"] if plan.tiny else []
+    sup.start("materializer", ["materialize", "--stats-file", str(r / "materializer.json")])
+    sup.wait_for("materializer", "materializer ready", ready)
+    sup.start("api", ["store", "serve"])
+    sup.start("processor", ["processor", "--datadir", str(r / "processor")])
+    for k in range(plan.workers):
+        sup.start(f"worker-{k}", ["worker", "--client-id", f"worker-{k}", *tiny])
+    for variant in ("idproxy", "id-only"):
+        sup.start(
+            f"trainer-{variant}",
+            ["trainer", "--variant", variant, "--state-dir", str(r / f"trainer-{variant}")],
+        )
+    sup.start(
+        "scheduler",
+        [
+            "realign",
+            "--schedule",
+            "--interval-s",
+            str(plan.realign_interval_s),
+            "--trainer-state",
+            str(r / "trainer-idproxy"),
+            "--state-dir",
+            str(r / "realign"),
+            *tiny,
+        ],
+    )
+    # (the idproxy trainer learns its model dims from the first item features, so it
+    # becomes ready once the replay has begun)
+    for name, needle in (
+        ("processor", "processor ready"),
+        *((f"worker-{k}", "ready") for k in range(plan.workers)),
+        ("trainer-id-only", "trainer ready"),
+    ):
+        sup.wait_for(name, needle, ready)
+    print("demo: components ready; starting the replay", flush=True)
+
+
+def _replay(sup, plan: Plan, settings: Settings, port: int) -> None:
+    """Runs the publisher and prints progress until it has sent every event."""
+    sup.start(
+        "publisher",
+        [
+            "publish",
+            "movielens",
+            "--limit",
+            str(plan.ratings),
+            "--speed",
+            str(plan.speed),
+            "--restamp",
+        ],
+    )
+    publisher = sup.children["publisher"]
+    while publisher.proc.poll() is None:
+        time.sleep(settings.demo.progress_every_s)
+        sup.check_alive([n for n in sup.children if n != "publisher"])
+        _progress(plan, port, "replay")
+    if publisher.proc.returncode != 0:
+        from idproxy.supervisor import ChildFailed
+
+        raise ChildFailed(f"publisher exited ({publisher.proc.returncode}):\n{publisher.tail()}")
+
+
+def _drain(sup, plan: Plan, settings: Settings, port: int) -> None:
+    """Waits until both trainers saw every click and every item is servable."""
+    end = time.time() + settings.demo.drain_timeout_s
+    while time.time() < end:
+        sup.check_alive()
+        state = _progress(plan, port, "catch-up")
+        if min(state["samples"].values()) >= plan.clicks and state["servable"] >= plan.items:
+            return
+        time.sleep(settings.demo.progress_every_s)
+    print("demo: the pipeline did not catch up in time; stopping with what is done", flush=True)
+
+
+def _stop_in_order(sup) -> None:
+    """Producers of work first, the store last; each gets SIGTERM, then SIGKILL."""
+    for name in ["publisher", "scheduler", *[n for n in sup.children if n.startswith("worker")]]:
+        sup.stop(name)
+    for name in ["processor", "trainer-idproxy", "trainer-id-only", "materializer", "api"]:
+        sup.stop(name, grace_s=60)
+
+
+def _progress(plan: Plan, port: int, phase: str) -> dict:
+    """Prints one progress line; returns {servable, samples: {variant: n}}."""
+    samples, aucs = {}, {}
+    for variant in ("idproxy", "id-only"):
+        line = _last_metrics(plan.run_dir / f"trainer-{variant}" / "metrics.jsonl")
+        samples[variant] = line.get("samples", 0)
+        aucs[variant] = line.get("auc_new")
+    servable, active = _servable(port)
+    auc = " vs ".join(f"{v} {a:.3f}" if a is not None else f"{v} -" for v, a in aucs.items())
+    print(
+        f"[{phase}] items servable {servable}/{plan.items} (version {active}) | samples trained "
+        f"{samples['idproxy']}/{samples['id-only']} of {plan.clicks} | window AUC new: {auc}",
+        flush=True,
+    )
+    return {"servable": servable, "samples": samples}
+
+
+def _last_metrics(path: Path) -> dict:
+    if not path.is_file():
+        return {}
+    lines = path.read_text().strip().splitlines()
+    return json.loads(lines[-1]) if lines else {}
+
+
+def _servable(port: int) -> tuple[int, str | None]:
+    """Items in the active version, read through the store's HTTP API."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/versions", timeout=5) as r:
+            body = json.loads(r.read())
+    except OSError:
+        return 0, None
+    active = body.get("active")
+    counts = {v["version"]: v["item_count"] for v in body.get("versions", [])}
+    return counts.get(active, 0), active
+
+
+def count_dead_letters(settings: Settings, broker, topic_prefix: str) -> int:
+    """Records on the run's ``dlq`` topic (read from the beginning until idle)."""
+    from kafka import KafkaConsumer
+
+    from streams.kafka_config import consumer_config
+
+    consumer = KafkaConsumer(f"{topic_prefix}dlq", **consumer_config(settings, broker, None))
+    count, idle_since = 0, time.time()
+    while time.time() - idle_since < 3:
+        for records in consumer.poll(timeout_ms=500).values():
+            count += len(records)
+            idle_since = time.time()
+    consumer.close()
+    return count

@@ -51,6 +51,9 @@ class ModelSettings(BaseModel):
     device: str = Field("auto", description="'auto' picks cuda when present, else cpu")
     encoder_train_mode: Literal["frozen", "lora", "full"] = "frozen"
     lora_rank: int = 8
+    artifacts_dir: str = Field(
+        str(CACHE_DIR / "artifacts"), description="Versioned proxy-head bundles (safetensors)"
+    )
 
 
 class Stage1Settings(BaseModel):
@@ -157,6 +160,23 @@ class TrainerSettings(BaseModel):
     realign_tolerance: float = Field(0.0, description="Allowed held-out regression")
 
 
+class DemoSettings(BaseModel):
+    """`idproxy demo`: the whole system on a MovieLens-100K replay."""
+
+    ratings: int = Field(100_000, description="Ratings replayed (MovieLens-100K has 100,000)")
+    replay_s: float = Field(420.0, description="Wall-clock length of the replay (time compressed)")
+    quick_ratings: int = Field(4000, description="Ratings replayed by `demo --quick`")
+    quick_replay_s: float = Field(45.0, description="Replay length of `demo --quick`")
+    workers: int = Field(1, description="Proxy workers (consumer-group members)")
+    realign_interval_s: float = Field(90.0, description="Re-alignment schedule in the demo")
+    quick_realign_interval_s: float = Field(20.0, description="... in `demo --quick`")
+    checkpoint_every_s: float = Field(30.0, description="Trainer checkpoint (and re-proxy) period")
+    quick_checkpoint_every_s: float = Field(10.0, description="... in `demo --quick`")
+    progress_every_s: float = Field(10.0, description="A progress line every T seconds")
+    drain_timeout_s: float = Field(600.0, description="Max wait for the pipeline to catch up")
+    ready_timeout_s: float = Field(300.0, description="Max wait for a component to start")
+
+
 class Settings(BaseSettings):
     """Root settings object; one section per subsystem."""
 
@@ -175,6 +195,7 @@ class Settings(BaseSettings):
     store: StoreSettings = StoreSettings()
     worker: WorkerSettings = WorkerSettings()
     trainer: TrainerSettings = TrainerSettings()
+    demo: DemoSettings = DemoSettings()
 
     @classmethod
     def settings_customise_sources(

@@ -10,6 +10,7 @@ Versions: ``encoder_version`` names M + g + layer groups (features change when i
 
 from __future__ import annotations
 
+import copy
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,6 +66,9 @@ class ProxyService:
         *,
         proxy_version: str,
         max_image_bytes: int = 4 << 20,
+        bundle_root: Path | None = None,
+        bundle: str | None = None,
+        announces_version: bool = True,
     ) -> None:
         self.featurizer = featurizer.eval()
         self.coarse = coarse.eval()
@@ -72,6 +76,41 @@ class ProxyService:
         self.proxy_version = proxy_version
         self.encoder_version = featurizer.version()
         self.max_image_bytes = max_image_bytes
+        self.bundle_root = bundle_root
+        self.bundle = bundle  # the loaded bundle's folder name, None for fresh heads
+        # False when the bundle's creator (trainer re-proxy, realign) already published the
+        # complete version with its VersionCommit: workers then only append new items to it
+        self.announces_version = announces_version
+
+    def refresh(self) -> bool:
+        """Loads the heads of a newer LATEST bundle (same encoder); True if they changed.
+
+        Only φ and φ̃/gate change; pooling, projector and layer groups belong to the encoder
+        version, so features stay comparable. Cheap when nothing changed (reads one file).
+        """
+        if self.bundle_root is None:
+            return False
+        latest = latest_version(self.bundle_root)
+        if latest is None or latest == self.bundle:
+            return False
+        states, manifest = load_bundle(self.bundle_root, latest)
+        self.bundle = latest  # looked at: a bundle that does not fit is not retried
+        if manifest.get("encoder_name") != self.featurizer.encoder.name:
+            log.error("bundle %s is for another encoder: kept %s", latest, self.proxy_version)
+            return False
+        try:
+            coarse, fine = copy.deepcopy(self.coarse), copy.deepcopy(self.fine)
+            coarse.load_state_dict(states["coarse"])
+            fine.load_state_dict(states["fine"])
+        except (KeyError, RuntimeError) as exc:
+            log.error(
+                "bundle %s does not fit these heads (%s): kept %s", latest, exc, self.proxy_version
+            )
+            return False
+        self.coarse, self.fine = coarse.eval(), fine.eval()
+        self.proxy_version, self.announces_version = _bundle_version(latest, manifest)
+        log.info("proxy heads reloaded from bundle %s (version %s)", latest, self.proxy_version)
+        return True
 
     @property
     def id_dim(self) -> int:
@@ -147,18 +186,24 @@ class ProxyService:
         featurizer.to(device)
         if version is None:
             log.warning("no trained proxy bundle found: using seeded, untrained heads")
+            proxy_version, announces = f"untrained-seed{seed}", True
+        else:
+            proxy_version, announces = _bundle_version(version, manifest)
         return cls(
             featurizer,
             coarse,
             fine,
-            proxy_version=version or f"untrained-seed{seed}",
+            proxy_version=proxy_version,
             max_image_bytes=max_image_bytes,
+            bundle_root=bundle_root,
+            bundle=version,
+            announces_version=announces,
         )
 
     @classmethod
     def from_settings(cls, settings, bundle_root: Path | None = None) -> ProxyService:
         """Real weights (SmolLM2 + Lite0 unless ``model.lm_path``/``model.vision`` say otherwise);
-        heads from the newest bundle under ``bundle_root`` (default <cache_dir>/artifacts)."""
+        heads from the newest bundle under ``bundle_root`` (default ``model.artifacts_dir``)."""
         m = settings.model
         encoder = build_default_encoder(
             settings.cache_dir,
@@ -175,7 +220,7 @@ class ProxyService:
             coarse_hidden=m.coarse_hidden,
             adaptor_hidden=m.adaptor_hidden,
             n_groups=m.n_layer_groups,
-            bundle_root=bundle_root or Path(settings.cache_dir) / "artifacts",
+            bundle_root=bundle_root or Path(m.artifacts_dir),
             max_image_bytes=settings.worker.max_image_bytes,
         )
 
@@ -193,3 +238,13 @@ class ProxyService:
             seed=seed,
             bundle_root=bundle_root,
         )
+
+
+def _bundle_version(bundle: str, manifest: dict) -> tuple[str, bool]:
+    """(proxy version the bundle's proxies are published under, whether workers announce it).
+
+    A bundle saved by the trainer's re-proxy or by realign names the complete version its
+    creator published (``proxy_version``, ``announced``); other bundles (``idproxy align``)
+    are their own version, announced by the workers as items arrive.
+    """
+    return manifest.get("proxy_version", bundle), not manifest.get("announced", False)

@@ -17,9 +17,11 @@ from the compacted topics (``--group`` names the group; ``--from-beginning`` for
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import time
 from collections import defaultdict
+from pathlib import Path
 
 from idproxy.settings import Settings
 from streams.lifecycle import stop_signals
@@ -48,7 +50,7 @@ class Materializer:
         self.producer = KafkaProducer(**producer_config(settings, broker))
         self.dlq = DeadLetterSink(self.producer, self.topics.dlq, component="materializer")
         self.pending: dict[str, int] = {}  # version -> expected items, until published
-        self.freshness: list[float] = []  # seconds from upload to servable, per item
+        self.freshness: dict[str, float] = {}  # item -> seconds from upload to first servable
         self.written = 0
         self.stopping = False
 
@@ -93,7 +95,8 @@ class Materializer:
                     self.dlq.send(m, f"store rejected {h.item_id!r}@{version}: {exc}")
                 continue
             now = time.time()
-            self.freshness.extend(now - h.uploaded_at for h, _, _ in latest.values())
+            for h, _, _ in latest.values():
+                self.freshness.setdefault(h.item_id, now - h.uploaded_at)
             self.written += len(ids)
 
     def _publish_ready(self) -> None:
@@ -154,6 +157,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--group", default="idproxy-materializer", help="consumer group (a new one rebuilds)"
     )
     parser.add_argument("--idle-exit", type=float, help="exit after this many idle seconds")
+    parser.add_argument(
+        "--stats-file", help="on exit, write {written, freshness_s: {item: seconds}} as JSON"
+    )
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
@@ -174,6 +180,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         print(f"materializer ready (store {store.path})", flush=True)
         materializer.run(idle_exit_s=args.idle_exit)
         print(f"materializer stopped: {materializer.written} proxies written", flush=True)
+        if args.stats_file:
+            stats = {"written": materializer.written, "freshness_s": materializer.freshness}
+            Path(args.stats_file).write_text(json.dumps(stats))
     finally:
         store.close()
     return 0

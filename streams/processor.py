@@ -29,9 +29,11 @@ click still counts towards the item's τ counter.
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import logging
 from pathlib import Path
+from typing import Any, NamedTuple
 
 from idproxy.settings import Settings
 
@@ -40,14 +42,74 @@ log = logging.getLogger(__name__)
 REPLAY_WINDOW = 2000  # per item: sample ids remembered to recognise re-deliveries
 
 
+def ack_only_live_events() -> None:
+    """Stops faust from acknowledging events it skipped because of a rebalance.
+
+    faust-streaming 0.15 (``Stream._py_aiter``) skips an event fetched before a rebalance
+    (stale ``generation_id``, or flow control paused during recovery) and *acknowledges*
+    it, so the next commit can move the offset past a click that was never processed: the
+    click is lost (seen as missing samples after a SIGKILL + restart). With this patch such
+    an event is not acknowledged; faust seeks back to the committed offset after the
+    rebalance, so the click is delivered again and processed (at least once; the tables
+    are idempotent for re-deliveries). Idempotent: patching twice is a no-op.
+    """
+    import faust.events
+
+    if getattr(faust.events.Event.ack, "_idproxy_live_only", False):
+        return
+    original = faust.events.Event.ack
+
+    def ack(self) -> bool:
+        app = self.app
+        stale = (
+            not app.flow_control.is_active()
+            or self.message.generation_id != app.consumer_generation_id
+        )
+        if stale:
+            log.warning(
+                "event %s@%d fetched before a rebalance: not acknowledged, it is re-delivered",
+                self.message.tp,
+                self.message.offset,
+            )
+            return False
+        return original(self)
+
+    ack._idproxy_live_only = True  # type: ignore[attr-defined]
+    faust.events.Event.ack = ack  # type: ignore[method-assign]
+
+
+class RawRecord(NamedTuple):
+    """One input record, from a faust event or re-read with kafka-python."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+
+    @classmethod
+    def of(cls, record: Any) -> RawRecord:
+        return cls(record.topic, record.partition, record.offset, record.key, record.value)
+
+
 def build_app(settings: Settings, broker, datadir: Path):
     """The faust app with its topics, tables and agents (not started)."""
     import faust
 
-    from streams.events import Click, EventError, ItemUploaded, TrainingSample, parse_json, to_json
-    from streams.kafka_config import common_config
+    from streams.events import (
+        Click,
+        DeadLetter,
+        EventError,
+        ItemUploaded,
+        TrainingSample,
+        parse_json,
+        to_json,
+    )
+    from streams.kafka_config import common_config, consumer_config
+    from streams.offset_gaps import OffsetGapFiller, kafka_range_reader
     from streams.topics import ensure_topics
 
+    ack_only_live_events()
     topics = ensure_topics(settings, common_config(settings, broker))
     p = settings.kafka.topic_prefix
     partitions = settings.kafka.partitions
@@ -71,7 +133,7 @@ def build_app(settings: Settings, broker, datadir: Path):
     )
     clicks = app.topic(topics.clicks, partitions=partitions)
     items = app.topic(topics.items, partitions=partitions)
-    by_item = app.topic(f"{p}clicks-by-item", partitions=partitions, internal=True)
+    by_item = app.topic(topics.clicks_by_item, partitions=partitions)  # created up front
     samples = app.topic(topics.samples, partitions=partitions)
     dlq = app.topic(topics.dlq)
     rocks = {"driver": "rocksdict"}
@@ -80,42 +142,78 @@ def build_app(settings: Settings, broker, datadir: Path):
     history = app.Table("user-history", default=list, partitions=partitions, options=rocks)
     history_len = settings.trainer.history_len
 
-    async def dead_letter(event, reason: str) -> None:
-        import base64
+    gaps = OffsetGapFiller(kafka_range_reader(consumer_config(settings, broker, None)))
 
-        from streams.events import DeadLetter
-
+    async def dead_letter(record: RawRecord, reason: str) -> None:
         letter = DeadLetter(
-            source_topic=event.message.topic,
-            partition=event.message.partition,
-            offset=event.message.offset,
-            key_b64=base64.b64encode(event.key) if event.key else None,
-            value_b64=base64.b64encode(event.value or b""),
+            source_topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            key_b64=base64.b64encode(record.key) if record.key else None,
+            value_b64=base64.b64encode(record.value or b""),
             reason=reason,
             component="processor",
         )
-        await dlq.send(key=event.key, value=to_json(letter))
+        await dlq.send(key=record.key, value=to_json(letter))
+
+    async def add_history(record: RawRecord) -> None:
+        """Click -> history before it (no leakage) -> clicks-by-item; appends a click."""
+        try:
+            click = parse_json(record.value, Click)
+        except EventError as exc:
+            await dead_letter(record, str(exc))
+            return
+        entries = history[click.user_id]  # [[click offset, item id], ...], time-ordered
+        before = [item for offset, item in entries if offset < record.offset]
+        replayed = any(offset == record.offset for offset, _ in entries)
+        if click.label == 1 and not replayed:
+            history[click.user_id] = (entries + [[record.offset, click.item_id]])[-history_len:]
+        doc = {
+            **click.model_dump(),
+            "sample_id": f"{record.topic}/{record.partition}/{record.offset}",
+            "history": before[-history_len:],
+        }
+        await by_item.send(key=click.item_id.encode(), value=json.dumps(doc).encode())
+
+    async def add_item_state(record: RawRecord) -> None:
+        """Keyed click -> TrainingSample with the item's count and age before this click."""
+        doc = json.loads(record.value)
+        item = doc["item_id"]
+        upload_ts = uploaded.get(item)
+        state = counts[item] or {"n": 0, "recent": {}}
+        seen_before = state["recent"].get(doc["sample_id"])
+        if seen_before is None:  # first delivery: count it
+            seen_before = state["n"]
+            recent = {**state["recent"], doc["sample_id"]: seen_before}
+            counts[item] = {
+                "n": seen_before + 1,
+                "recent": dict(list(recent.items())[-REPLAY_WINDOW:]),
+            }
+        sample = TrainingSample(
+            sample_id=doc["sample_id"],
+            user_id=doc["user_id"],
+            item_id=item,
+            label=doc["label"],
+            ts=doc["ts"],
+            history=doc["history"],
+            item_interactions=seen_before,
+            item_age_s=None if upload_ts is None else max(0.0, doc["ts"] - upload_ts),
+            item_known=upload_ts is not None,
+            context=doc.get("context", {}),
+        )
+        await samples.send(key=doc["user_id"].encode(), value=to_json(sample))
+
+    async def each_record(stream, handle) -> None:
+        """Runs ``handle`` on every record, first on any the stream skipped before it."""
+        async for event in stream.events():
+            m = event.message
+            for skipped in gaps.missing(m.topic, m.partition, m.offset):
+                await handle(RawRecord.of(skipped))
+            await handle(RawRecord(m.topic, m.partition, m.offset, event.key, event.value))
 
     @app.agent(clicks)
     async def with_history(stream):
-        async for event in stream.events():
-            try:
-                click = parse_json(event.value, Click)
-            except EventError as exc:
-                await dead_letter(event, str(exc))
-                continue
-            m = event.message
-            entries = history[click.user_id]  # [[click offset, item id], ...], time-ordered
-            before = [item for offset, item in entries if offset < m.offset]
-            replayed = any(offset == m.offset for offset, _ in entries)
-            if click.label == 1 and not replayed:
-                history[click.user_id] = (entries + [[m.offset, click.item_id]])[-history_len:]
-            doc = {
-                **click.model_dump(),
-                "sample_id": f"{m.topic}/{m.partition}/{m.offset}",
-                "history": before[-history_len:],
-            }
-            await by_item.send(key=click.item_id.encode(), value=json.dumps(doc).encode())
+        await each_record(stream, add_history)
 
     @app.agent(items)
     async def remember_uploads(stream):
@@ -129,32 +227,7 @@ def build_app(settings: Settings, broker, datadir: Path):
 
     @app.agent(by_item)
     async def with_item_state(stream):
-        async for value in stream:
-            doc = json.loads(value)
-            item = doc["item_id"]
-            upload_ts = uploaded.get(item)
-            state = counts[item] or {"n": 0, "recent": {}}
-            seen_before = state["recent"].get(doc["sample_id"])
-            if seen_before is None:  # first delivery: count it
-                seen_before = state["n"]
-                recent = {**state["recent"], doc["sample_id"]: seen_before}
-                counts[item] = {
-                    "n": seen_before + 1,
-                    "recent": dict(list(recent.items())[-REPLAY_WINDOW:]),
-                }
-            sample = TrainingSample(
-                sample_id=doc["sample_id"],
-                user_id=doc["user_id"],
-                item_id=item,
-                label=doc["label"],
-                ts=doc["ts"],
-                history=doc["history"],
-                item_interactions=seen_before,
-                item_age_s=None if upload_ts is None else max(0.0, doc["ts"] - upload_ts),
-                item_known=upload_ts is not None,
-                context=doc.get("context", {}),
-            )
-            await samples.send(key=doc["user_id"].encode(), value=to_json(sample))
+        await each_record(stream, add_item_state)
 
     return app
 

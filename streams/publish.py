@@ -18,6 +18,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from pydantic import BaseModel
+
 from idproxy.settings import Settings
 
 
@@ -52,9 +54,9 @@ def event_key(raw: bytes, field: str) -> bytes | None:
     return str(value).encode() if value is not None else None
 
 
-def movielens_events(limit: int | None = None) -> Iterator[tuple[str, bytes, bytes, float]]:
-    """(kind, key, value, dataset time) in time order: uploads before first ratings."""
-    from streams.events import Click, ItemUploaded, to_json
+def movielens_events(limit: int | None = None) -> Iterator[tuple[str, bytes, BaseModel, float]]:
+    """(topic kind, key, event, dataset time in s) in time order: uploads before first ratings."""
+    from streams.events import Click, ItemUploaded
     from trainer.movielens import load_movielens
 
     data = load_movielens()
@@ -67,9 +69,15 @@ def movielens_events(limit: int | None = None) -> Iterator[tuple[str, bytes, byt
             title = data.item_title[item]
             text = data.item_text(item)[len(title) :].strip(" .")
             event = ItemUploaded(item_id=str(item), title=title, text=text, uploaded_at=ts)
-            yield "items", str(item).encode(), to_json(event), ts
+            yield "items", str(item).encode(), event, ts
         click = Click(user_id=str(user), item_id=str(item), label=int(data.labels[k]), ts=ts)
-        yield "clicks", str(user).encode(), to_json(click), ts
+        yield "clicks", str(user).encode(), click, ts
+
+
+def restamped(event: BaseModel, now: float) -> BaseModel:
+    """The event with its time (``uploaded_at`` / ``ts``) set to ``now`` (wall clock, s)."""
+    field = "uploaded_at" if "uploaded_at" in type(event).model_fields else "ts"
+    return event.model_copy(update={field: now})
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -80,6 +88,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     ml = sub.add_parser("movielens", help="replay MovieLens-100K as uploads and clicks")
     ml.add_argument("--speed", type=float, default=0.0, help="time compression; 0 = no waiting")
     ml.add_argument("--limit", type=int, help="number of ratings to replay")
+    ml.add_argument(
+        "--restamp",
+        action="store_true",
+        help="stamp each event with the wall-clock time it is sent (live freshness, item age)",
+    )
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
@@ -87,6 +100,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     from tqdm import tqdm
 
     from streams.broker import external_broker
+    from streams.events import to_json
     from streams.kafka_config import common_config, producer_config
     from streams.topics import ensure_topics
 
@@ -100,13 +114,15 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     started = time.time()
     if args.source == "movielens":
         first_ts = None
-        for kind, key, value, ts in tqdm(movielens_events(args.limit), desc="replay", unit="event"):
+        for kind, key, event, ts in tqdm(movielens_events(args.limit), desc="replay", unit="event"):
             if args.speed > 0:
                 first_ts = ts if first_ts is None else first_ts
                 delay = (ts - first_ts) / args.speed - (time.time() - started)
                 if delay > 0:
                     time.sleep(delay)
-            producer.send(getattr(topics, kind), key=key, value=value)
+            if args.restamp:
+                event = restamped(event, time.time())
+            producer.send(getattr(topics, kind), key=key, value=to_json(event))
             sent += 1
     else:
         if not args.file.is_file():

@@ -4,6 +4,7 @@
 |---|---|---|
 | items | item id | ItemUploaded |
 | clicks | user id | Click |
+| clicks-by-item | item id | a click with its history (the processor's internal re-key) |
 | samples | user id | TrainingSample |
 | item-features (compacted) | item id | ItemFeaturesRecord (binary frame) |
 | proxies (compacted) | "<version>/<item id>" | ProxyRecordEvent (binary frame) |
@@ -40,6 +41,7 @@ class Topics:
 
     items: str
     clicks: str
+    clicks_by_item: str
     samples: str
     item_features: str
     proxies: str
@@ -52,6 +54,7 @@ class Topics:
         return cls(
             items=f"{p}items",
             clicks=f"{p}clicks",
+            clicks_by_item=f"{p}clicks-by-item",
             samples=f"{p}samples",
             item_features=f"{p}item-features",
             proxies=f"{p}proxies",
@@ -63,6 +66,7 @@ class Topics:
         return [
             TopicSpec(self.items, partitions),
             TopicSpec(self.clicks, partitions),
+            TopicSpec(self.clicks_by_item, partitions),
             TopicSpec(self.samples, partitions),
             TopicSpec(self.item_features, partitions, COMPACTED),
             TopicSpec(self.proxies, partitions, COMPACTED),

@@ -151,7 +151,7 @@ class ProxyWorker:
         )
 
         version = self.service.proxy_version
-        if version not in self._announced:
+        if self.service.announces_version and version not in self._announced:
             commit = VersionCommit(version=version, expected_items=1)
             self.producer.send(self.topics.control, key=version.encode(), value=to_json(commit))
             self._announced.add(version)
@@ -200,6 +200,7 @@ class ProxyWorker:
                         if idle_exit_s is not None and time.time() - idle_since > idle_exit_s:
                             break
                         continue
+                    self.service.refresh()  # newer heads (re-proxy, realign) for new items
                     started = time.time()
                     if self.stats.first_batch_at is None:
                         self.stats.first_batch_at = started
@@ -320,7 +321,12 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     if not settings.kafka.bootstrap:
         print("error: set IDPROXY_KAFKA_BOOTSTRAP (e.g. from `idproxy broker`)")
         return 2
-    service = ProxyService.tiny() if args.tiny else ProxyService.from_settings(settings)
+    bundles = Path(settings.model.artifacts_dir)
+    service = (
+        ProxyService.tiny(id_dim=settings.model.id_dim, bundle_root=bundles)
+        if args.tiny
+        else ProxyService.from_settings(settings)
+    )
     broker = external_broker(settings)
     worker = ProxyWorker(settings, broker, service, client_id=args.client_id)
     print(f"worker {args.client_id} ready (proxy version {service.proxy_version})", flush=True)

@@ -32,6 +32,7 @@ def kafka_settings(kafka_broker, tmp_path, record_property):
     settings.kafka.topic_prefix = f"t{uuid.uuid4().hex[:8]}-"
     settings.kafka.partitions = 2
     settings.store.path = str(tmp_path / "store")
+    settings.model.artifacts_dir = str(tmp_path / "artifacts")
     settings.worker.batch_max_items = 8
     settings.worker.batch_max_wait_ms = 200
     settings.model.id_dim = 8  # the tiny service's d

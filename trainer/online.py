@@ -510,7 +510,7 @@ class OnlineTrainer(TrainerCore):
         bundle = save_fine_bundle(
             self.artifacts_dir,
             self.model.fine_head,
-            {"proxy_version": version, "checkpoint": self.last_checkpoint},
+            {"proxy_version": version, "announced": True, "checkpoint": self.last_checkpoint},
         )
         log.info("re-proxy %s: %d items (bundle %s)", version, len(ids), bundle)
         return version

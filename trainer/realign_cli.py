@@ -45,7 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--trainer-state", help="the trainer's --state-dir (default <cache>/trainer)"
     )
     parser.add_argument("--state-dir", help="scheduler state (default <cache_dir>/realign)")
-    parser.add_argument("--artifacts-dir", help="proxy bundles (default <cache_dir>/artifacts)")
+    parser.add_argument("--artifacts-dir", help="proxy bundles (default model.artifacts_dir)")
     parser.add_argument("--tiny", action="store_true", help="tiny random encoder heads (tests)")
     parser.add_argument(
         "--shuffle-targets", action="store_true", help="deliberately bad candidate (tests)"
@@ -68,7 +68,7 @@ def realign_once(settings: Settings, broker, args: argparse.Namespace) -> dict:
     from trainer.realign import realign_coarse_head
 
     cache_dir = Path(settings.cache_dir)
-    artifacts = Path(args.artifacts_dir or cache_dir / "artifacts")
+    artifacts = Path(args.artifacts_dir or settings.model.artifacts_dir)
     started = time.time()
     tensors, manifest, _ = CheckpointDir(Path(args.trainer_state or cache_dir / "trainer")).load()
     state = model_state(tensors)
@@ -171,6 +171,7 @@ def realign_once(settings: Settings, broker, args: argparse.Namespace) -> dict:
             "parent": svc.proxy_version,
             "realigned_from_checkpoint": manifest["version"],
             "fine_trained": bool(trained),
+            "announced": True,  # published below with its VersionCommit; workers append
         },
     )
     with torch.no_grad():

@@ -145,7 +145,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         d = settings.model
         fine = FineHead(states.last.shape[-1], d.id_dim, d.adaptor_hidden, len(states.layer_groups))
         version = save_bundle(
-            Path(settings.cache_dir) / "artifacts",
+            Path(settings.model.artifacts_dir),
             {"pooling": featurizer.pooling, "coarse": head, "fine": fine},
             {
                 "kind": "proxy",

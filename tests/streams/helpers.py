@@ -63,6 +63,7 @@ class CliProcess:
             "IDPROXY_WORKER_BATCH_MAX_WAIT_MS": str(settings.worker.batch_max_wait_ms),
             "IDPROXY_MODEL_ID_DIM": str(settings.model.id_dim),
             "IDPROXY_STORE_PATH": settings.store.path,
+            "IDPROXY_MODEL_ARTIFACTS_DIR": settings.model.artifacts_dir,
             "IDPROXY_WORKER_METRICS_PORT": str(metrics_port),
         }
         fd, self.log_path = tempfile.mkstemp(prefix="idproxy-cli-", suffix=".log")

@@ -62,7 +62,10 @@ def _samples(settings, broker, topics, want: int) -> list[TrainingSample]:
 def _check(samples, clicks, uploads, history_len):
     want = expected_samples(clicks, uploads, history_len)
     unique = {s.sample_id: s for s in samples}
-    assert len(unique) == len(clicks)
+    missing = sorted(
+        {(c["user_id"], c["ts"]) for c in clicks} - {(s.user_id, s.ts) for s in samples}
+    )
+    assert len(unique) == len(clicks), f"clicks without a sample (user, ts): {missing}"
     for s in samples:  # re-deliveries are identical to the first delivery
         assert s == unique[s.sample_id]
     for s in unique.values():
@@ -146,7 +149,35 @@ def test_processor_killed_and_restarted_recovers_its_tables(
             [(c["user_id"].encode(), json.dumps(c).encode()) for c in second],
         )
         samples = _samples(kafka_settings, kafka_broker, topics, len(clicks))
-        _check(samples, clicks, uploads, kafka_settings.trainer.history_len)
+        try:
+            _check(samples, clicks, uploads, kafka_settings.trainer.history_len)
+        except AssertionError:
+            print(_where_are_they(kafka_settings, kafka_broker, topics, clicks, samples))
+            raise
     finally:
         proc.proc.terminate()
-        proc.finish(timeout=60)
+        print("restarted processor log:\n" + proc.finish(timeout=60)[-3000:])
+
+
+def _where_are_they(settings, broker, topics, clicks, samples) -> str:
+    """Diagnosis of clicks without a sample: in clicks-by-item? committed past them?"""
+    from kafka import KafkaAdminClient
+
+    got = {(s.user_id, s.ts) for s in samples}
+    lost = [c for c in clicks if (c["user_id"], c["ts"]) not in got]
+    p = settings.kafka.topic_prefix
+    by_item = drain(settings, broker, topics.clicks_by_item)
+    staged = {(json.loads(r.value)["user_id"], json.loads(r.value)["ts"]) for r in by_item}
+    raw = drain(settings, broker, topics.clicks)
+    where = {
+        (json.loads(r.value)["user_id"], json.loads(r.value)["ts"]): (r.partition, r.offset)
+        for r in raw
+    }
+    admin = KafkaAdminClient(**common_config(settings, broker))
+    committed = admin.list_group_offsets(f"{p}idproxy-processor")
+    admin.close()
+    lines = [f"committed offsets of the processor group: {committed}"]
+    for c in lost:
+        key = (c["user_id"], c["ts"])
+        lines.append(f"lost {key}: clicks at {where.get(key)}, in clicks-by-item: {key in staged}")
+    return "\n".join(lines)

@@ -1,0 +1,157 @@
+"""The demo's end-of-run report: a printed table, PNG plots and one JSON summary.
+
+Reads what the components left in the run folder:
+
+* ``trainer-<variant>/summary.json`` and ``predictions.npz`` (prequential scores: each
+  sample scored before it was trained on);
+* ``materializer.json`` (seconds from upload to servable, per item);
+* ``store/`` (versions, the active one and its item count);
+* ``dlq.json`` (dead letters counted by the demo before the broker stopped).
+
+Writes ``summary.json``, ``auc_over_time.png`` and ``freshness.png`` next to them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+from trainer.streaming_metrics import exact_auc
+
+VARIANTS = ("idproxy", "id-only")
+
+
+def auc_over_time(pred: dict[str, np.ndarray], buckets: int) -> dict[str, list[float | None]]:
+    """Prequential AUC per consecutive slice of the stream, for new and for warm items.
+
+    ``pred`` holds score [N], label [N], is_new [N] in stream order. Returns
+    {"new": [...], "warm": [...]} with one AUC (or None when a slice has one class) per slice.
+
+    >>> p = {"score": np.array([.9, .1, .8, .2]), "label": np.array([1, 0, 1, 0]),
+    ...      "is_new": np.array([True, True, False, False])}
+    >>> auc_over_time(p, 1)
+    {'new': [1.0], 'warm': [1.0]}
+    """
+    out: dict[str, list[float | None]] = {"new": [], "warm": []}
+    for part in np.array_split(np.arange(len(pred["label"])), buckets):
+        for name, mask in (("new", pred["is_new"][part]), ("warm", ~pred["is_new"][part])):
+            auc = exact_auc(pred["score"][part][mask], pred["label"][part][mask])
+            out[name].append(None if math.isnan(auc) else round(auc, 4))
+    return out
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    return round(float(np.percentile(values, q)), 3) if values else None
+
+
+def write_report(plan, *, broker_rung: int, seconds: float, dlq: int) -> dict:
+    """Builds the summary of a finished demo run (``plan``: ``idproxy.demo.Plan``)."""
+    r = plan.run_dir
+    trainers, curves = {}, {}
+    for v in VARIANTS:
+        folder = r / f"trainer-{v}"
+        trainers[v] = _read_json(folder / "summary.json")
+        if (folder / "predictions.npz").is_file():
+            with np.load(folder / "predictions.npz", allow_pickle=False) as data:
+                pred = {k: data[k] for k in ("score", "label", "is_new")}
+            curves[v] = auc_over_time(pred, buckets=10)
+    fresh = list(_read_json(r / "materializer.json").get("freshness_s", {}).values())
+    versions, active, servable = _store_versions(plan)
+    summary = {
+        "broker_rung": broker_rung,
+        "seconds": round(seconds, 1),
+        "ratings": plan.ratings,
+        "items_uploaded": plan.items,
+        "items_servable": servable,
+        "dead_letters": dlq,
+        "freshness_p50_s": percentile(fresh, 50),
+        "freshness_p99_s": percentile(fresh, 99),
+        "active_version": active,
+        "versions_published": versions,
+    }
+    for v, s in trainers.items():
+        key = v.replace("-", "_")
+        summary[f"samples_{key}"] = s.get("samples")
+        summary[f"auc_all_{key}"] = s.get("cum_auc_all")
+        summary[f"auc_new_{key}"] = s.get("cum_auc_new")
+        summary[f"new_samples_{key}"] = s.get("n_new")
+    _print_table(summary)
+    _plot(r, curves, fresh)
+    (r / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def _read_json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _store_versions(plan) -> tuple[list[str], str | None, int]:
+    """(published versions, the active one, its item count) from the run's store."""
+    from store.proxy_store import ProxyStore
+
+    path = plan.run_dir / "store"
+    if not path.exists():
+        return [], None, 0
+    with ProxyStore(str(path), dim=plan.id_dim, read_only=True) as store:
+        infos = store.versions()
+        active = store.active_version()
+        published = [v.version for v in infos if v.published_at is not None]
+        count = next((v.item_count for v in infos if v.version == active), 0)
+    return published, active, count
+
+
+def _print_table(s: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="IDProxy demo summary")
+    table.add_column("measure")
+    table.add_column("IDProxy", justify="right")
+    table.add_column("ID only", justify="right")
+    for label, key in (
+        ("online AUC, new items", "auc_new"),
+        ("online AUC, all items", "auc_all"),
+        ("samples trained", "samples"),
+        ("samples of new items", "new_samples"),
+    ):
+        table.add_row(label, str(s.get(f"{key}_idproxy")), str(s.get(f"{key}_id_only")))
+    Console().print(table)
+    print(
+        f"items servable {s['items_servable']}/{s['items_uploaded']}, ratings {s['ratings']:,}, "
+        f"dead letters {s['dead_letters']}, freshness p50 {s['freshness_p50_s']} s / p99 "
+        f"{s['freshness_p99_s']} s, active version {s['active_version']}, "
+        f"{len(s['versions_published'])} versions published, broker rung {s['broker_rung']}, "
+        f"{s['seconds']} s"
+    )
+
+
+def _plot(run_dir: Path, curves: dict, fresh: list[float]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for variant, curve in curves.items():
+        for kind, style in (("new", "-"), ("warm", "--")):
+            ys = [np.nan if y is None else y for y in curve[kind]]
+            ax.plot(range(1, len(ys) + 1), ys, style, marker="o", label=f"{variant}, {kind} items")
+    ax.set_xlabel("stream decile (time order)")
+    ax.set_ylabel("prequential AUC")
+    ax.set_title("Online AUC over time: IDProxy vs ID only, new vs warm items")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(run_dir / "auc_over_time.png", dpi=120)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.hist(fresh, bins=30)
+    ax.set_xlabel("seconds from upload to servable")
+    ax.set_ylabel("items")
+    ax.set_title(f"Freshness ({len(fresh)} items)")
+    fig.tight_layout()
+    fig.savefig(run_dir / "freshness.png", dpi=120)
+    plt.close(fig)

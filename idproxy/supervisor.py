@@ -1,0 +1,119 @@
+"""Supervised `idproxy` subprocesses for the demo: logs in files, clean shutdown.
+
+Each child runs in its own session (process group), writes stdout+stderr to
+``<log_dir>/<name>.log`` (a pipe nobody reads would fill and block it) and is stopped with
+SIGTERM to its whole group, then SIGKILL after a grace period, so no orphan survives the
+demo, also on Ctrl-C.
+
+>>> import sys, tempfile
+>>> with Supervisor(tempfile.mkdtemp(), {}) as sup:
+...     child = sup.start("echo", [sys.executable, "-c", "print('ready')"], command=False)
+...     sup.wait_for("echo", "ready", timeout=30)
+...     child.name
+'echo'
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class ChildFailed(RuntimeError):
+    """A supervised child exited unexpectedly or never became ready."""
+
+
+@dataclass
+class Child:
+    name: str
+    proc: subprocess.Popen
+    log_path: Path
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.is_file() else ""
+
+    def tail(self, chars: int = 2000) -> str:
+        return self.output()[-chars:]
+
+
+class Supervisor:
+    """Starts, watches and stops named child processes."""
+
+    def __init__(self, log_dir: str | Path, env: dict[str, str]) -> None:
+        self.log_dir = Path(log_dir)
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.env = {**os.environ, **env}
+        self.children: dict[str, Child] = {}
+
+    def start(self, name: str, args: list[str], *, command: bool = True) -> Child:
+        """Runs ``idproxy <args>`` (or ``args`` as is when ``command=False``)."""
+        argv = [sys.executable, "-m", "idproxy.cli", *args] if command else args
+        log_path = self.log_dir / f"{name}.log"
+        with open(log_path, "ab") as log:
+            proc = subprocess.Popen(
+                argv,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        child = Child(name, proc, log_path)
+        self.children[name] = child
+        return child
+
+    def wait_for(self, name: str, needle: str, timeout: float = 300) -> None:
+        """Blocks until ``needle`` appears in the child's log; ChildFailed if it exits."""
+        child = self.children[name]
+        end = time.time() + timeout
+        while needle not in child.output():
+            if child.proc.poll() is not None:
+                raise ChildFailed(f"{name} exited ({child.proc.returncode}):\n{child.tail()}")
+            if time.time() > end:
+                raise ChildFailed(f"{name} not ready after {timeout:.0f} s:\n{child.tail()}")
+            time.sleep(0.2)
+
+    def check_alive(self, names: list[str] | None = None) -> None:
+        """ChildFailed if any of ``names`` (default: all) has exited."""
+        for name in names or list(self.children):
+            child = self.children[name]
+            if child.proc.poll() is not None:
+                raise ChildFailed(f"{name} exited ({child.proc.returncode}):\n{child.tail()}")
+
+    def stop(self, name: str, grace_s: float = 30.0) -> int | None:
+        """SIGTERM the child's process group, SIGKILL after ``grace_s``; its exit code."""
+        child = self.children.pop(name, None)
+        if child is None:
+            return None
+        proc = child.proc
+        if proc.poll() is None:
+            _signal_group(proc, signal.SIGTERM)
+            try:
+                proc.wait(timeout=grace_s)
+            except subprocess.TimeoutExpired:
+                _signal_group(proc, signal.SIGKILL)
+                proc.wait(timeout=10)
+        _signal_group(proc, signal.SIGKILL)  # stragglers the child itself started
+        return proc.returncode
+
+    def stop_all(self, grace_s: float = 30.0) -> None:
+        """Stops every child, newest first."""
+        for name in reversed(list(self.children)):
+            self.stop(name, grace_s)
+
+    def __enter__(self) -> Supervisor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop_all()
+
+
+def _signal_group(proc: subprocess.Popen, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, sig)
