@@ -22,6 +22,7 @@ store, trainer states and proxy bundles are private to the run.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import time
 import urllib.request
@@ -41,6 +42,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--replay-s", type=float, help="wall-clock length of the replay")
     parser.add_argument("--workers", type=int, help="proxy workers (default from settings)")
     parser.add_argument("--run-dir", help="output folder (default <run_dir>/demo-<time>)")
+    parser.add_argument(
+        "--kill-each",
+        action="store_true",
+        help="fault drill: SIGKILL and restart the worker, processor, trainer, materializer "
+        "and the broker (Apache Kafka rung) in turn during the replay",
+    )
+    parser.add_argument(
+        "--bad-share",
+        type=float,
+        default=0.0,
+        help="bad-input flood: this share of extra malformed events on items and clicks",
+    )
 
 
 @dataclass(frozen=True)
@@ -55,6 +68,8 @@ class Plan:
     workers: int
     realign_interval_s: float
     checkpoint_every_s: float
+    kill_each: bool
+    bad_share: float
     tiny: bool
     id_dim: int
     run_dir: Path
@@ -79,6 +94,8 @@ def make_plan(args: argparse.Namespace, settings: Settings) -> Plan:
         workers=args.workers or d.workers,
         realign_interval_s=d.quick_realign_interval_s if args.quick else d.realign_interval_s,
         checkpoint_every_s=d.quick_checkpoint_every_s if args.quick else d.checkpoint_every_s,
+        kill_each=args.kill_each,
+        bad_share=args.bad_share,
         tiny=args.tiny,
         id_dim=8 if args.tiny else settings.model.id_dim,  # the tiny service's d is 8
         run_dir=Path(args.run_dir or Path(settings.run_dir) / f"demo-{stamp}").resolve(),
@@ -88,7 +105,7 @@ def make_plan(args: argparse.Namespace, settings: Settings) -> Plan:
 def run(args: argparse.Namespace, settings: Settings) -> int:
     from idproxy.demo_report import write_report
     from idproxy.supervisor import ChildFailed, Supervisor
-    from streams.broker import broker_from_ladder, free_port
+    from streams.broker import free_port
 
     plan = make_plan(args, settings)
     plan.run_dir.mkdir(parents=True, exist_ok=True)
@@ -98,7 +115,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         f"{'tiny' if plan.tiny else 'real-weight'} encoder; output in {plan.run_dir}",
         flush=True,
     )
-    with broker_from_ladder(settings) as broker:
+    with DemoBroker(settings, plan) as broker:
         print(f"demo: broker rung {broker.rung} ({broker.name}) at {broker.bootstrap}", flush=True)
         port = free_port()
         env = {
@@ -117,19 +134,72 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         try:
             with Supervisor(plan.run_dir / "logs", env) as sup:
                 _start_components(sup, plan, settings)
-                _replay(sup, plan, settings, port)
+                _replay(sup, plan, settings, port, broker)
                 _drain(sup, plan, settings, port)
                 _stop_in_order(sup)
-            dlq = count_dead_letters(settings, broker, env["IDPROXY_KAFKA_TOPIC_PREFIX"])
+                malformed = _published(sup).get("malformed", 0)
+            dlq = count_dead_letters(settings, broker.current, env["IDPROXY_KAFKA_TOPIC_PREFIX"])
         except ChildFailed as exc:
             print(f"demo: a component failed: {exc}", flush=True)
             return 1
         except KeyboardInterrupt:
             print("demo: interrupted; every component was stopped", flush=True)
             return 130
-    summary = write_report(plan, broker_rung=broker.rung, seconds=time.time() - started, dlq=dlq)
+    summary = write_report(
+        plan,
+        broker_rung=broker.rung,
+        seconds=time.time() - started,
+        dlq=dlq,
+        malformed=malformed,
+        faults=sup.restarts,
+    )
     print(json.dumps(summary), flush=True)
     return 0
+
+
+class DemoBroker:
+    """The demo's broker: by the ladder, or (``--kill-each``) an Apache Kafka node the demo
+    owns, so it can SIGKILL it and start it again on the same data directory and port."""
+
+    def __init__(self, settings: Settings, plan: Plan) -> None:
+        self.settings = settings
+        self.plan = plan
+        self.stack = contextlib.ExitStack()
+        self.current = None
+        self.restarts = 0
+
+    def __enter__(self) -> DemoBroker:
+        from streams.broker import apache_kafka, broker_from_ladder, free_port, kafka_jars
+
+        if self.plan.kill_each:
+            jars = kafka_jars(self.settings)
+            if jars is None:
+                raise SystemExit("--kill-each needs the Apache Kafka jars: scripts/fetch_kafka.sh")
+            self.jars, self.port = jars, free_port()
+            self.current = self.stack.enter_context(
+                apache_kafka(jars, workdir=self.plan.run_dir / "kafka", port=self.port)
+            )
+        else:
+            self.current = self.stack.enter_context(broker_from_ladder(self.settings))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stack.close()
+
+    def __getattr__(self, name: str):
+        return getattr(self.current, name)
+
+    def kill_and_restart(self) -> None:
+        """SIGKILL the broker, then start it again with the same data and port."""
+        from streams.broker import apache_kafka
+
+        self.current.process.kill()
+        self.current.process.wait(timeout=30)
+        time.sleep(2)
+        self.current = self.stack.enter_context(
+            apache_kafka(self.jars, workdir=self.plan.run_dir / "kafka", port=self.port)
+        )
+        self.restarts += 1
 
 
 def _start_components(sup, plan: Plan, settings: Settings) -> None:
@@ -172,8 +242,11 @@ def _start_components(sup, plan: Plan, settings: Settings) -> None:
     print("demo: components ready; starting the replay", flush=True)
 
 
-def _replay(sup, plan: Plan, settings: Settings, port: int) -> None:
-    """Runs the publisher and prints progress until it has sent every event."""
+def _replay(sup, plan: Plan, settings: Settings, port: int, broker: DemoBroker) -> None:
+    """Runs the publisher and prints progress until it has sent every event; with
+    ``kill_each``, SIGKILLs and restarts one component after another meanwhile."""
+    from idproxy.supervisor import ChildFailed
+
     sup.start(
         "publisher",
         [
@@ -184,17 +257,57 @@ def _replay(sup, plan: Plan, settings: Settings, port: int) -> None:
             "--speed",
             str(plan.speed),
             "--restamp",
+            "--bad-share",
+            str(plan.bad_share),
         ],
     )
+    victims = FAULT_ORDER if plan.kill_each else ()
+    kill_at = [
+        time.time() + plan.replay_s * (k + 1) / (len(victims) + 1) for k in range(len(victims))
+    ]
     publisher = sup.children["publisher"]
+    last_progress = 0.0
     while publisher.proc.poll() is None:
-        time.sleep(settings.demo.progress_every_s)
+        time.sleep(1)
+        if victims and time.time() >= kill_at[0]:
+            _kill_and_restart(sup, victims[0], broker, settings)
+            victims, kill_at = victims[1:], kill_at[1:]
         sup.check_alive([n for n in sup.children if n != "publisher"])
-        _progress(plan, port, "replay")
+        if time.time() - last_progress >= settings.demo.progress_every_s:
+            _progress(plan, port, "replay")
+            last_progress = time.time()
+    for victim in victims:  # the replay was faster than planned: finish the drill
+        _kill_and_restart(sup, victim, broker, settings)
     if publisher.proc.returncode != 0:
-        from idproxy.supervisor import ChildFailed
-
         raise ChildFailed(f"publisher exited ({publisher.proc.returncode}):\n{publisher.tail()}")
+
+
+# the fault drill of --kill-each, in order; "broker" is the Apache Kafka node itself
+FAULT_ORDER = ("worker-0", "processor", "trainer-idproxy", "materializer", "broker")
+READY = {
+    "worker-0": "ready",
+    "processor": "processor ready",
+    "trainer-idproxy": "trainer ready",
+    "materializer": "materializer ready",
+}
+
+
+def _kill_and_restart(sup, name: str, broker: DemoBroker, settings: Settings) -> None:
+    print(f"demo: fault drill: SIGKILL {name}, then restart it", flush=True)
+    if name == "broker":
+        broker.kill_and_restart()
+        sup.restarts["broker"] = broker.restarts
+        return
+    sup.kill(name)
+    time.sleep(1)
+    sup.restart(name)
+    sup.wait_for(name, READY[name], settings.demo.ready_timeout_s)
+
+
+def _published(sup) -> dict:
+    """The publisher's final JSON line (counts of valid and malformed events sent)."""
+    lines = [ln for ln in sup.logs("publisher").splitlines() if ln.startswith("{")]
+    return json.loads(lines[-1]) if lines else {}
 
 
 def _drain(sup, plan: Plan, settings: Settings, port: int) -> None:
@@ -254,16 +367,21 @@ def _servable(port: int) -> tuple[int, str | None]:
 
 
 def count_dead_letters(settings: Settings, broker, topic_prefix: str) -> int:
-    """Records on the run's ``dlq`` topic (read from the beginning until idle)."""
+    """Distinct rejected inputs on the run's ``dlq`` topic (read from the beginning until
+    idle). A component restarted by the fault drill may dead-letter the same input twice;
+    it is counted once, by its source topic, partition and offset."""
     from kafka import KafkaConsumer
 
+    from streams.events import DeadLetter, parse_json
     from streams.kafka_config import consumer_config
 
     consumer = KafkaConsumer(f"{topic_prefix}dlq", **consumer_config(settings, broker, None))
-    count, idle_since = 0, time.time()
+    sources, idle_since = set(), time.time()
     while time.time() - idle_since < 3:
         for records in consumer.poll(timeout_ms=500).values():
-            count += len(records)
+            for r in records:
+                letter = parse_json(r.value, DeadLetter)
+                sources.add((letter.source_topic, letter.partition, letter.offset))
             idle_since = time.time()
     consumer.close()
-    return count
+    return len(sources)

@@ -47,7 +47,9 @@ def percentile(values: list[float], q: float) -> float | None:
     return round(float(np.percentile(values, q)), 3) if values else None
 
 
-def write_report(plan, *, broker_rung: int, seconds: float, dlq: int) -> dict:
+def write_report(
+    plan, *, broker_rung: int, seconds: float, dlq: int, malformed: int, faults: dict[str, int]
+) -> dict:
     """Builds the summary of a finished demo run (``plan``: ``idproxy.demo.Plan``)."""
     r = plan.run_dir
     trainers, curves = {}, {}
@@ -66,7 +68,9 @@ def write_report(plan, *, broker_rung: int, seconds: float, dlq: int) -> dict:
         "ratings": plan.ratings,
         "items_uploaded": plan.items,
         "items_servable": servable,
+        "malformed_sent": malformed,
         "dead_letters": dlq,
+        "faults_injected": faults,
         "freshness_p50_s": percentile(fresh, 50),
         "freshness_p99_s": percentile(fresh, 99),
         "active_version": active,
@@ -121,7 +125,8 @@ def _print_table(s: dict) -> None:
     Console().print(table)
     print(
         f"items servable {s['items_servable']}/{s['items_uploaded']}, ratings {s['ratings']:,}, "
-        f"dead letters {s['dead_letters']}, freshness p50 {s['freshness_p50_s']} s / p99 "
+        f"dead letters {s['dead_letters']} (malformed sent {s['malformed_sent']}), "
+        f"faults injected {s['faults_injected'] or 'none'}, freshness p50 {s['freshness_p50_s']} s / p99 "
         f"{s['freshness_p99_s']} s, active version {s['active_version']}, "
         f"{len(s['versions_published'])} versions published, broker rung {s['broker_rung']}, "
         f"{s['seconds']} s"

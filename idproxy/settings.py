@@ -87,6 +87,9 @@ class KafkaSettings(BaseModel):
     ssl_cafile: str | None = None
     ssl_certfile: str | None = None
     ssl_keyfile: str | None = None
+    stream_stall_s: float = Field(
+        15.0, description="Processor: re-read a partition idle this long short of its end"
+    )
     kafka_home: str | None = Field(None, description="Apache Kafka install (rung 3); else cache")
     jars_dir: str = str(CACHE_DIR / "kafka-4.1.0" / "libs")
 

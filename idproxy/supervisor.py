@@ -34,9 +34,15 @@ class Child:
     name: str
     proc: subprocess.Popen
     log_path: Path
+    log_start: int = 0  # where this run's output begins in the (appended) log
 
     def output(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.is_file() else ""
+        """This run's output (a restarted child appends to the same log)."""
+        if not self.log_path.is_file():
+            return ""
+        with open(self.log_path, "rb") as fh:
+            fh.seek(self.log_start)
+            return fh.read().decode(errors="replace")
 
     def tail(self, chars: int = 2000) -> str:
         return self.output()[-chars:]
@@ -50,11 +56,15 @@ class Supervisor:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.env = {**os.environ, **env}
         self.children: dict[str, Child] = {}
+        self.argv: dict[str, list[str]] = {}  # name -> full command line, for restarts
+        self.restarts: dict[str, int] = {}
 
     def start(self, name: str, args: list[str], *, command: bool = True) -> Child:
         """Runs ``idproxy <args>`` (or ``args`` as is when ``command=False``)."""
         argv = [sys.executable, "-m", "idproxy.cli", *args] if command else args
+        self.argv[name] = argv
         log_path = self.log_dir / f"{name}.log"
+        log_start = log_path.stat().st_size if log_path.is_file() else 0
         with open(log_path, "ab") as log:
             proc = subprocess.Popen(
                 argv,
@@ -64,7 +74,7 @@ class Supervisor:
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
             )
-        child = Child(name, proc, log_path)
+        child = Child(name, proc, log_path, log_start)
         self.children[name] = child
         return child
 
@@ -101,6 +111,22 @@ class Supervisor:
                 proc.wait(timeout=10)
         _signal_group(proc, signal.SIGKILL)  # stragglers the child itself started
         return proc.returncode
+
+    def logs(self, name: str) -> str:
+        """Everything ``name`` has written, over all its runs (also after it stopped)."""
+        path = self.log_dir / f"{name}.log"
+        return path.read_text(errors="replace") if path.is_file() else ""
+
+    def kill(self, name: str) -> None:
+        """SIGKILL the child's process group (fault injection: no clean shutdown)."""
+        child = self.children.pop(name)
+        _signal_group(child.proc, signal.SIGKILL)
+        child.proc.wait(timeout=30)
+
+    def restart(self, name: str) -> Child:
+        """Starts ``name`` again with the command line it had (logs are appended)."""
+        self.restarts[name] = self.restarts.get(name, 0) + 1
+        return self.start(name, self.argv[name], command=False)
 
     def stop_all(self, grace_s: float = 30.0) -> None:
         """Stops every child, newest first."""

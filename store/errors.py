@@ -23,3 +23,8 @@ class IncompleteVersionError(StoreError):
 
 class CorruptValueError(StoreError):
     """A stored value failed its header or checksum check."""
+
+
+class StoreIOError(StoreError):
+    """The disk refused a write (full, read-only, I/O error). Nothing half-written becomes
+    visible; the caller should keep its input (e.g. not commit offsets) and retry later."""

@@ -35,12 +35,13 @@ Versions and guarantees:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import tempfile
 import time
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -57,6 +58,7 @@ from store.errors import (
     IncompleteVersionError,
     InvalidVectorError,
     StoreError,
+    StoreIOError,
     UnknownVersionError,
     VersionStateError,
 )
@@ -199,9 +201,10 @@ class ProxyStore:
             info = VersionInfo(version=version, status="staged", created_at=time.time())
         info.manifest = manifest if manifest is not None else info.manifest
         info.expected_items = expected_items if expected_items is not None else info.expected_items
-        self.db.put(
-            f"ver/{version}".encode(), info.model_dump_json().encode(), write_opt=self._sync
-        )
+        with self._disk("staging a version"):
+            self.db.put(
+                f"ver/{version}".encode(), info.model_dump_json().encode(), write_opt=self._sync
+            )
 
     def write_batch(
         self,
@@ -239,7 +242,8 @@ class ProxyStore:
         batch = WriteBatch(raw_mode=True)
         for key, value in zip(keys, values, strict=True):
             batch.put(key, value)
-        self.db.write(batch)
+        with self._disk("writing proxies"):
+            self.db.write(batch)
 
     def count_items(self, version: str) -> int:
         return sum(1 for _ in self._prefix_keys(f"prx/{version}/".encode()))
@@ -284,7 +288,8 @@ class ProxyStore:
             info.item_count = count
         batch.put(f"ver/{info.version}".encode(), info.model_dump_json().encode())
         batch.put(b"ptr", json.dumps({"active": info.version, "previous": old}).encode())
-        self.db.write(batch, write_opt=self._sync)
+        with self._disk("switching the active version"):
+            self.db.write(batch, write_opt=self._sync)
         return info
 
     def discard(self, version: str) -> None:
@@ -381,10 +386,11 @@ class ProxyStore:
             if not np.isfinite(arr).all():
                 raise InvalidVectorError(f"feature {name!r} contains NaN or Inf")
         blob = st_save({k: np.ascontiguousarray(v, dtype=np.float32) for k, v in vectors.items()})
-        self.db.put(
-            _item_key("fea", encoder_version, item_id),
-            zlib.crc32(blob).to_bytes(4, "little") + blob,
-        )
+        with self._disk("writing features"):
+            self.db.put(
+                _item_key("fea", encoder_version, item_id),
+                zlib.crc32(blob).to_bytes(4, "little") + blob,
+            )
 
     def get_features(self, item_id: str, encoder_version: str) -> dict[str, np.ndarray] | None:
         raw = self.db.get(_item_key("fea", encoder_version, item_id))
@@ -425,6 +431,27 @@ class ProxyStore:
             if not key.startswith(prefix):
                 return
             yield key, value
+
+    @contextlib.contextmanager
+    def _disk(self, what: str) -> Iterator[None]:
+        """Turns the engine's I/O failures (rocksdict raises a bare Exception) into
+        StoreIOError with the path and the reason."""
+        try:
+            yield
+        except StoreError:
+            raise
+        except Exception as exc:
+            raise StoreIOError(f"{what} failed at {self.path}: {exc}") from exc
+
+    def reopen(self) -> None:
+        """Closes and opens the database again (RocksDB stays read-only after a failed
+        write until it is reopened); StoreError if it cannot be opened."""
+        with contextlib.suppress(Exception):  # it may be closed already
+            self.db.close()
+        try:
+            self.db = Rdict(str(self.path), options=Options(raw_mode=True))
+        except Exception as exc:
+            raise StoreIOError(f"cannot reopen store at {self.path}: {exc}") from exc
 
     def close(self) -> None:
         self.db.close()

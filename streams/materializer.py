@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -33,7 +34,13 @@ class Materializer:
     """Consumes proxies + control into one store; the store's only writer."""
 
     def __init__(
-        self, settings: Settings, broker, store, *, group_id: str = "idproxy-materializer"
+        self,
+        settings: Settings,
+        broker,
+        store,
+        *,
+        group_id: str = "idproxy-materializer",
+        stats_file: Path | None = None,
     ) -> None:
         from kafka import KafkaConsumer, KafkaProducer
 
@@ -52,12 +59,18 @@ class Materializer:
         self.pending: dict[str, int] = {}  # version -> expected items, until published
         self.freshness: dict[str, float] = {}  # item -> seconds from upload to first servable
         self.written = 0
+        self.stats_file = stats_file
+        self.store_error: str | None = None  # the last disk failure, until a write succeeds
+        self.io_failures = 0
+        if stats_file is not None and stats_file.is_file():  # a restart keeps the history
+            previous = json.loads(stats_file.read_text())
+            self.freshness, self.written = previous["freshness_s"], previous["written"]
         self.stopping = False
 
     def _write(self, messages: list) -> None:
         import numpy as np
 
-        from store.errors import StoreError
+        from store.errors import StoreError, StoreIOError
         from streams.events import (
             EventError,
             ProxyRecordEvent,
@@ -90,6 +103,8 @@ class Materializer:
                         version, manifest={"encoder_version": rows[0][0].encoder_version}
                     )
                 self.store.write_batch(version, ids, coarse, fine, append=True)
+            except StoreIOError:
+                raise  # the disk, not the data: retried by step(), nothing dead-lettered
             except StoreError as exc:
                 for h, _, m in latest.values():
                     self.dlq.send(m, f"store rejected {h.item_id!r}@{version}: {exc}")
@@ -100,7 +115,7 @@ class Materializer:
             self.written += len(ids)
 
     def _publish_ready(self) -> None:
-        from store.errors import StoreError
+        from store.errors import StoreError, StoreIOError
 
         for version, expected in list(self.pending.items()):
             info = self.store.version_info(version)
@@ -113,21 +128,64 @@ class Materializer:
                 try:
                     self.store.publish(version, expected_items=expected)
                     log.info("published %s", version)
+                except StoreIOError:
+                    raise
                 except StoreError as exc:
                     log.error("could not publish %s: %s", version, exc)
                 del self.pending[version]
 
     def step(self, timeout_ms: int = 500) -> int:
-        """One poll -> write -> publish -> commit cycle; returns the messages handled."""
+        """One poll -> write -> publish -> commit cycle; returns the messages handled.
+
+        When the disk refuses a write (full, read-only, I/O error) nothing is committed:
+        the consumer goes back to its committed offsets, the store is reopened and the
+        batch is retried after a back-off, so the process stays up and loses nothing.
+        """
+        from store.errors import StoreIOError
+
+        if self.store_error is not None:  # after a disk failure: reopen before anything
+            try:
+                self.store.reopen()
+            except StoreIOError as exc:
+                self._back_off(exc)
+                return 0
         polled = self.consumer.poll(timeout_ms=timeout_ms, max_records=2000)
         messages = [m for records in polled.values() for m in records]
-        if messages:
-            self._write(messages)
-        self._publish_ready()
+        try:
+            if messages:
+                self._write(messages)
+            self._publish_ready()
+        except StoreIOError as exc:
+            self._back_off(exc)
+            return 0
+        self.store_error, self.io_failures = None, 0
         if messages:
             self.producer.flush()
             self.consumer.commit()
+            if self.stats_file is not None:
+                self.write_stats()
         return len(messages)
+
+    def _back_off(self, exc: Exception) -> None:
+        from kafka import TopicPartition
+
+        self.store_error = str(exc)
+        self.io_failures += 1
+        wait = min(30.0, 0.5 * 2 ** min(self.io_failures, 6))
+        log.error("store write failed: %s; offsets not committed, retrying in %.1f s", exc, wait)
+        for tp in self.consumer.assignment():
+            committed = self.consumer.committed(TopicPartition(tp.topic, tp.partition))
+            if committed is None:
+                self.consumer.seek_to_beginning(tp)
+            else:
+                self.consumer.seek(tp, committed)
+        time.sleep(wait)
+
+    def write_stats(self) -> None:
+        """{written, freshness_s: {item: s}} as JSON, atomically (kept across restarts)."""
+        tmp = self.stats_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"written": self.written, "freshness_s": self.freshness}))
+        os.replace(tmp, self.stats_file)
 
     def run(self, *, idle_exit_s: float | None = None) -> None:
         """Loops until SIGTERM/SIGINT or ``idle_exit_s`` without input."""
@@ -158,7 +216,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--idle-exit", type=float, help="exit after this many idle seconds")
     parser.add_argument(
-        "--stats-file", help="on exit, write {written, freshness_s: {item: seconds}} as JSON"
+        "--stats-file", help="keep {written, freshness_s: {item: seconds}} in this JSON file"
     )
 
 
@@ -176,13 +234,16 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         print(f"error: {exc}")
         return 2
     try:
-        materializer = Materializer(settings, external_broker(settings), store, group_id=args.group)
+        materializer = Materializer(
+            settings,
+            external_broker(settings),
+            store,
+            group_id=args.group,
+            stats_file=Path(args.stats_file) if args.stats_file else None,
+        )
         print(f"materializer ready (store {store.path})", flush=True)
         materializer.run(idle_exit_s=args.idle_exit)
         print(f"materializer stopped: {materializer.written} proxies written", flush=True)
-        if args.stats_file:
-            stats = {"written": materializer.written, "freshness_s": materializer.freshness}
-            Path(args.stats_file).write_text(json.dumps(stats))
     finally:
         store.close()
     return 0

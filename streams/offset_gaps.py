@@ -40,13 +40,16 @@ class OffsetGapFiller:
     def __init__(self, read: Reader) -> None:
         self.read = read
         self.highest: dict[tuple[str, int], int] = {}
+        self.progress_at: dict[tuple[str, int], float] = {}  # time.monotonic() of a new high
         self.filled = 0
 
     def missing(self, topic: str, partition: int, offset: int) -> list[Any]:
         """Records with offsets strictly between the highest seen and ``offset``."""
         key = (topic, partition)
         last = self.highest.get(key)
-        self.highest[key] = offset if last is None else max(last, offset)
+        if last is None or offset > last:
+            self.highest[key] = offset
+            self.progress_at[key] = time.monotonic()
         if last is None or offset <= last + 1:
             return []
         records = self.read(topic, partition, last + 1, offset)
@@ -60,6 +63,45 @@ class OffsetGapFiller:
             len(records),
         )
         return records
+
+    def stalled(
+        self, topic: str, partition: int, end: int, committed: int | None, stall_s: float
+    ) -> int | None:
+        """The offset to seek back to when a partition stopped short of its end.
+
+        Dropped records at the *tail* of a partition reveal no gap (no later record comes),
+        so a watchdog asks: the log ends at ``end``, the stream has seen up to the highest
+        offset (or, if nothing yet, the group's ``committed`` offset), and nothing new
+        arrived for ``stall_s`` seconds: then the stream must re-read from the first unseen
+        offset. None when the partition is caught up or still moving.
+
+        >>> g = OffsetGapFiller(read=lambda *a: [])
+        >>> g.missing("clicks", 0, 9)
+        []
+        >>> g.stalled("clicks", 0, end=10, committed=None, stall_s=0.0) is None  # caught up
+        True
+        >>> g.stalled("clicks", 0, end=14, committed=None, stall_s=0.0)
+        10
+        >>> g.stalled("clicks", 1, end=5, committed=3, stall_s=0.0)  # nothing seen yet
+        3
+        """
+        key = (topic, partition)
+        last = self.highest.get(key)
+        first_unseen = last + 1 if last is not None else committed
+        if first_unseen is None or first_unseen >= end:
+            return None
+        quiet_since = self.progress_at.setdefault(key, time.monotonic())
+        if time.monotonic() - quiet_since < stall_s:
+            return None
+        self.progress_at[key] = time.monotonic()  # give the re-read time before asking again
+        log.warning(
+            "%s/%d: stream stalled at offset %d of %d; seeking back to re-read",
+            topic,
+            partition,
+            first_unseen,
+            end,
+        )
+        return first_unseen
 
 
 def kafka_range_reader(consumer_config: dict, timeout_s: float = 30.0) -> Reader:

@@ -211,6 +211,23 @@ def build_app(settings: Settings, broker, datadir: Path):
                 await handle(RawRecord.of(skipped))
             await handle(RawRecord(m.topic, m.partition, m.offset, event.key, event.value))
 
+    watched = {topics.clicks, topics.clicks_by_item}
+    stall_s = settings.kafka.stream_stall_s
+
+    @app.timer(interval=max(1.0, stall_s / 3))
+    async def unstick_partitions() -> None:
+        """Seeks a partition back when faust dropped its last records (see offset_gaps)."""
+        consumer = app.consumer
+        assigned = [tp for tp in consumer.assignment() if tp.topic in watched]
+        if not assigned or not app.flow_control.is_active():
+            return
+        ends = await consumer.highwaters(*assigned)
+        for tp in assigned:
+            committed = consumer._committed_offset.get(tp)  # faust keeps no public accessor
+            offset = gaps.stalled(tp.topic, tp.partition, ends[tp], committed, stall_s)
+            if offset is not None:
+                await consumer.seek(tp, offset)
+
     @app.agent(clicks)
     async def with_history(stream):
         await each_record(stream, add_history)

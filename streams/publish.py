@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import random
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -89,6 +90,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     ml.add_argument("--speed", type=float, default=0.0, help="time compression; 0 = no waiting")
     ml.add_argument("--limit", type=int, help="number of ratings to replay")
     ml.add_argument(
+        "--bad-share",
+        type=float,
+        default=0.0,
+        help="also send this share of malformed events (a bad-input flood; they must reach the DLQ)",
+    )
+    ml.add_argument("--seed", type=int, default=0, help="seed of the malformed-event draw")
+    ml.add_argument(
         "--restamp",
         action="store_true",
         help="stamp each event with the wall-clock time it is sent (live freshness, item age)",
@@ -99,6 +107,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     from kafka import KafkaProducer
     from tqdm import tqdm
 
+    from streams.bad_events import malformed
     from streams.broker import external_broker
     from streams.events import to_json
     from streams.kafka_config import common_config, producer_config
@@ -110,9 +119,10 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     broker = external_broker(settings)
     topics = ensure_topics(settings, common_config(settings, broker))
     producer = KafkaProducer(**producer_config(settings, broker))
-    sent = 0
+    sent = bad = 0
     started = time.time()
     if args.source == "movielens":
+        rng = random.Random(args.seed)
         first_ts = None
         for kind, key, event, ts in tqdm(movielens_events(args.limit), desc="replay", unit="event"):
             if args.speed > 0:
@@ -124,6 +134,10 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                 event = restamped(event, time.time())
             producer.send(getattr(topics, kind), key=key, value=to_json(event))
             sent += 1
+            if args.bad_share > 0 and rng.random() < args.bad_share:
+                raw = malformed(kind, event.model_dump(mode="json"), rng)
+                producer.send(getattr(topics, kind), key=key, value=raw)
+                bad += 1
     else:
         if not args.file.is_file():
             print(f"error: no file {args.file}")
@@ -140,6 +154,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         json.dumps(
             {
                 "published": sent,
+                "malformed": bad,
                 "seconds": round(seconds, 2),
                 "events_per_s": round(sent / max(seconds, 1e-9)),
             }

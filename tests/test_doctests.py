@@ -11,6 +11,11 @@ MODULES = [
     "proxy_model.alignment",
     "proxy_model.layer_groups",
     "trainer.streaming_metrics",
+    "streams.offset_gaps",
+    "streams.bad_events",
+    "streams.events",
+    "idproxy.supervisor",
+    "idproxy.demo_report",
 ]
 
 
