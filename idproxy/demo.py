@@ -68,6 +68,7 @@ class Plan:
     workers: int
     realign_interval_s: float
     checkpoint_every_s: float
+    drain_timeout_s: float
     kill_each: bool
     bad_share: float
     tiny: bool
@@ -94,6 +95,7 @@ def make_plan(args: argparse.Namespace, settings: Settings) -> Plan:
         workers=args.workers or d.workers,
         realign_interval_s=d.quick_realign_interval_s if args.quick else d.realign_interval_s,
         checkpoint_every_s=d.quick_checkpoint_every_s if args.quick else d.checkpoint_every_s,
+        drain_timeout_s=d.quick_drain_timeout_s if args.quick else d.drain_timeout_s,
         kill_each=args.kill_each,
         bad_share=args.bad_share,
         tiny=args.tiny,
@@ -127,6 +129,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             "IDPROXY_MODEL_ID_DIM": str(plan.id_dim),
             **(TINY_HEADS if plan.tiny else {}),
             "IDPROXY_TRAINER_CHECKPOINT_EVERY_S": str(plan.checkpoint_every_s),
+            "IDPROXY_TRAINER_REPORT_EVERY_S": str(settings.demo.progress_every_s / 2),
+            "IDPROXY_TRAINER_THREADS": "1",  # two trainers and the worker share the cores
             # "new" by age: one dataset day, in compressed wall-clock seconds
             "IDPROXY_TRAINER_NEW_ITEM_AGE_S": str(86400 / plan.speed),
         }
@@ -280,6 +284,7 @@ def _replay(sup, plan: Plan, settings: Settings, port: int, broker: DemoBroker) 
         _kill_and_restart(sup, victim, broker, settings)
     if publisher.proc.returncode != 0:
         raise ChildFailed(f"publisher exited ({publisher.proc.returncode}):\n{publisher.tail()}")
+    sup.stop("publisher")  # done: no longer watched
 
 
 # the fault drill of --kill-each, in order; "broker" is the Apache Kafka node itself
@@ -312,7 +317,7 @@ def _published(sup) -> dict:
 
 def _drain(sup, plan: Plan, settings: Settings, port: int) -> None:
     """Waits until both trainers saw every click and every item is servable."""
-    end = time.time() + settings.demo.drain_timeout_s
+    end = time.time() + plan.drain_timeout_s
     while time.time() < end:
         sup.check_alive()
         state = _progress(plan, port, "catch-up")

@@ -177,6 +177,7 @@ class DemoSettings(BaseModel):
     quick_checkpoint_every_s: float = Field(10.0, description="... in `demo --quick`")
     progress_every_s: float = Field(10.0, description="A progress line every T seconds")
     drain_timeout_s: float = Field(600.0, description="Max wait for the pipeline to catch up")
+    quick_drain_timeout_s: float = Field(180.0, description="... in `demo --quick`")
     ready_timeout_s: float = Field(300.0, description="Max wait for a component to start")
 
 

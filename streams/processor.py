@@ -107,15 +107,14 @@ def build_app(settings: Settings, broker, datadir: Path):
     )
     from streams.kafka_config import common_config, consumer_config
     from streams.offset_gaps import OffsetGapFiller, kafka_range_reader
-    from streams.topics import ensure_topics
+    from streams.topics import PROCESSOR_TABLES, ensure_topics
 
     ack_only_live_events()
     topics = ensure_topics(settings, common_config(settings, broker))
-    p = settings.kafka.topic_prefix
     partitions = settings.kafka.partitions
     quirks = broker.quirks
     app = faust.App(
-        f"{p}idproxy-processor",
+        topics.processor_app,
         broker=f"kafka://{broker.bootstrap}",
         store="rocksdb://",
         datadir=str(datadir),
@@ -137,9 +136,10 @@ def build_app(settings: Settings, broker, datadir: Path):
     samples = app.topic(topics.samples, partitions=partitions)
     dlq = app.topic(topics.dlq)
     rocks = {"driver": "rocksdict"}
-    uploaded = app.Table("item-uploaded", partitions=partitions, options=rocks)
-    counts = app.Table("item-interactions", default=dict, partitions=partitions, options=rocks)
-    history = app.Table("user-history", default=list, partitions=partitions, options=rocks)
+    uploaded_t, counts_t, history_t = PROCESSOR_TABLES
+    uploaded = app.Table(uploaded_t, partitions=partitions, options=rocks)
+    counts = app.Table(counts_t, default=dict, partitions=partitions, options=rocks)
+    history = app.Table(history_t, default=list, partitions=partitions, options=rocks)
     history_len = settings.trainer.history_len
 
     gaps = OffsetGapFiller(kafka_range_reader(consumer_config(settings, broker, None)))

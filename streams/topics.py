@@ -26,6 +26,9 @@ from idproxy.settings import Settings
 log = logging.getLogger(__name__)
 
 COMPACTED = {"cleanup.policy": "compact", "min.compaction.lag.ms": "60000"}
+# the faust processor's tables; their changelog topics are created up front with the rest
+# (faust creating them lazily raced with the first events: PartitionsMismatch, stuck stream)
+PROCESSOR_TABLES = ("item-uploaded", "item-interactions", "user-history")
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,7 @@ class Topics:
     items: str
     clicks: str
     clicks_by_item: str
+    processor_app: str
     samples: str
     item_features: str
     proxies: str
@@ -55,6 +59,7 @@ class Topics:
             items=f"{p}items",
             clicks=f"{p}clicks",
             clicks_by_item=f"{p}clicks-by-item",
+            processor_app=f"{p}idproxy-processor",
             samples=f"{p}samples",
             item_features=f"{p}item-features",
             proxies=f"{p}proxies",
@@ -72,7 +77,12 @@ class Topics:
             TopicSpec(self.proxies, partitions, COMPACTED),
             TopicSpec(self.control, 1, COMPACTED),
             TopicSpec(self.dlq, 1),
+            *(TopicSpec(self.changelog(t), partitions, COMPACTED) for t in PROCESSOR_TABLES),
         ]
+
+    def changelog(self, table: str) -> str:
+        """The changelog topic faust uses for one of the processor's tables."""
+        return f"{self.processor_app}-{table}-changelog"
 
 
 def ensure_topics(settings: Settings, admin_config: dict) -> Topics:

@@ -403,6 +403,14 @@ class OnlineTrainer(TrainerCore):
                     if not messages:
                         if idle_exit_s is not None and time.time() - idle_since > idle_exit_s:
                             break
+                        # a quiet stream still gets its metrics line and its checkpoint
+                        # (offsets committed, re-proxy) on the time schedule
+                        now = time.time()
+                        if now - self.last_report_at >= t.report_every_s:
+                            self.report()
+                        if dirty and now - self.last_checkpoint_at >= t.checkpoint_every_s:
+                            self.checkpoint()
+                            dirty = False
                         continue
                     started = time.time()
                     n = self.process(messages)

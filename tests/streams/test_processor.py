@@ -165,7 +165,6 @@ def _where_are_they(settings, broker, topics, clicks, samples) -> str:
 
     got = {(s.user_id, s.ts) for s in samples}
     lost = [c for c in clicks if (c["user_id"], c["ts"]) not in got]
-    p = settings.kafka.topic_prefix
     by_item = drain(settings, broker, topics.clicks_by_item)
     staged = {(json.loads(r.value)["user_id"], json.loads(r.value)["ts"]) for r in by_item}
     raw = drain(settings, broker, topics.clicks)
@@ -174,7 +173,7 @@ def _where_are_they(settings, broker, topics, clicks, samples) -> str:
         for r in raw
     }
     admin = KafkaAdminClient(**common_config(settings, broker))
-    committed = admin.list_group_offsets(f"{p}idproxy-processor")
+    committed = admin.list_group_offsets(topics.processor_app)
     admin.close()
     lines = [f"committed offsets of the processor group: {committed}"]
     for c in lost:
