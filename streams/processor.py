@@ -92,6 +92,35 @@ class RawRecord(NamedTuple):
         return cls(record.topic, record.partition, record.offset, record.key, record.value)
 
 
+def faust_credentials(settings: Settings):
+    """The Kafka SASL/TLS settings as faust credentials (None for PLAINTEXT).
+
+    >>> from idproxy.settings import Settings
+    >>> faust_credentials(Settings()) is None
+    True
+    """
+    k = settings.kafka
+    if k.security_protocol == "PLAINTEXT":
+        return None
+    import ssl
+
+    import faust
+
+    context = None
+    if k.security_protocol in ("SSL", "SASL_SSL"):
+        context = ssl.create_default_context(cafile=k.ssl_cafile)
+        if k.ssl_certfile:
+            context.load_cert_chain(k.ssl_certfile, k.ssl_keyfile)
+    if k.security_protocol == "SSL":
+        return faust.SSLCredentials(context)
+    return faust.SASLCredentials(
+        username=k.sasl_plain_username,
+        password=k.sasl_plain_password,
+        ssl_context=context,
+        mechanism=k.sasl_mechanism or "PLAIN",
+    )
+
+
 def build_app(settings: Settings, broker, datadir: Path):
     """The faust app with its topics, tables and agents (not started)."""
     import faust
@@ -116,6 +145,7 @@ def build_app(settings: Settings, broker, datadir: Path):
     app = faust.App(
         topics.processor_app,
         broker=f"kafka://{broker.bootstrap}",
+        broker_credentials=faust_credentials(settings),
         store="rocksdb://",
         datadir=str(datadir),
         topic_partitions=partitions,
