@@ -16,6 +16,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "store": ("benchmarks.bench_store", "proxy store latency/throughput, in process and over HTTP"),
     "table1": ("benchmarks.bench_table1", "paper Table 1 on MovieLens-100K: Base, v1-v5, peers"),
     "pipeline": ("benchmarks.bench_pipeline", "publish rate, worker vs bare model, freshness"),
+    "load": ("benchmarks.bench_load", "stepped upload ramp: freshness p50/p99, sustainable rate"),
     "trainer": ("benchmarks.bench_trainer", "online trainer loop samples/s vs a bare PyTorch loop"),
 }
 
