@@ -144,6 +144,9 @@ class TrainerSettings(BaseModel):
     online_batch_size: int = Field(256, description="Samples per online mini-batch")
     online_lr: float = Field(1e-3, description="Adam learning rate of the online trainer")
     online_seed: int = Field(0, description="Seed of the online ranker's initialisation")
+    online_fine_input: Literal["none", "signed_log"] = Field(
+        "signed_log", description="Transform of raw z_groups before the online adaptor"
+    )
     batch_max_wait_ms: int = Field(1000, description="Max wait to fill a mini-batch")
     initial_rows: int = Field(1024, description="Initial rows of each growing ID table")
     new_item_interactions: int = Field(5, description="tau: new while interactions < this")

@@ -102,6 +102,7 @@ class ProxyService:
             coarse, fine = copy.deepcopy(self.coarse), copy.deepcopy(self.fine)
             coarse.load_state_dict(states["coarse"])
             fine.load_state_dict(states["fine"])
+            fine.input_transform = manifest.get("fine_input", "none")
         except (KeyError, RuntimeError) as exc:
             log.error(
                 "bundle %s does not fit these heads (%s): kept %s", latest, exc, self.proxy_version
@@ -174,7 +175,7 @@ class ProxyService:
         featurizer = ContentFeaturizer(encoder, groups)
         d = encoder.hidden_size
         coarse = CoarseHead(d, id_dim, coarse_hidden)
-        fine = FineHead(d, id_dim, adaptor_hidden, len(groups))
+        fine = FineHead(d, id_dim, adaptor_hidden, len(groups), manifest.get("fine_input", "none"))
         modules = {"pooling": featurizer.pooling, "coarse": coarse, "fine": fine}
         if encoder.projector is not None:
             modules["projector"] = encoder.projector

@@ -16,6 +16,7 @@ MODULES = [
     "streams.events",
     "idproxy.supervisor",
     "idproxy.demo_report",
+    "proxy_model.heads",
     "streams.processor",
 ]
 

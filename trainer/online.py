@@ -305,7 +305,12 @@ class OnlineTrainer(TrainerCore):
         fine = _bundle_fine(self.artifacts_dir, hidden, groups, m.id_dim)
         if fine is not None:
             base["adaptor_hidden"] = fine["adaptor.0.weight"].shape[0]
-        return OnlineShape(**base, hidden_size=hidden, n_groups=groups), fine
+        return (
+            OnlineShape(
+                **base, hidden_size=hidden, n_groups=groups, fine_input=t.online_fine_input
+            ),
+            fine,
+        )
 
     def _setup(self) -> None:
         t = self.settings.trainer
@@ -518,7 +523,12 @@ class OnlineTrainer(TrainerCore):
         bundle = save_fine_bundle(
             self.artifacts_dir,
             self.model.fine_head,
-            {"proxy_version": version, "announced": True, "checkpoint": self.last_checkpoint},
+            {
+                "proxy_version": version,
+                "announced": True,
+                "checkpoint": self.last_checkpoint,
+                "fine_input": self.model.fine_head.input_transform,
+            },
         )
         log.info("re-proxy %s: %d items (bundle %s)", version, len(ids), bundle)
         return version

@@ -41,6 +41,7 @@ class OnlineShape:
     hidden_size: int = 0
     n_groups: int = 0
     adaptor_hidden: int = 128
+    fine_input: str = "signed_log"
     cross_layers: int = 2
     attention_hidden: int = 32
     mlp_hidden: tuple[int, ...] = (64, 32)
@@ -83,7 +84,9 @@ class OnlineRanker(nn.Module):
         self.user_table = GrowingEmbedding(d, shape.initial_rows, seed=2 * seed)
         self.item_table = GrowingEmbedding(d, shape.initial_rows, seed=2 * seed + 1)
         if variant == "idproxy":
-            self.fine_head = FineHead(shape.hidden_size, d, shape.adaptor_hidden, shape.n_groups)
+            self.fine_head = FineHead(
+                shape.hidden_size, d, shape.adaptor_hidden, shape.n_groups, shape.fine_input
+            )
             self.slot_proj = nn.Linear(3 * d + 1, d)
         self.attention = TargetAttention(d, shape.attention_hidden)
         self.cross = CrossNetV2(3 * d, shape.cross_layers)

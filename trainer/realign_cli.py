@@ -155,6 +155,7 @@ def realign_once(settings: Settings, broker, args: argparse.Namespace) -> dict:
             svc.id_dim,
             trained["adaptor.0.weight"].shape[0],
             len(svc.featurizer.layer_groups),
+            settings.trainer.online_fine_input,
         )
         fine.load_state_dict(trained)
     fine.eval()
@@ -172,6 +173,7 @@ def realign_once(settings: Settings, broker, args: argparse.Namespace) -> dict:
             "realigned_from_checkpoint": manifest["version"],
             "fine_trained": bool(trained),
             "announced": True,  # published below with its VersionCommit; workers append
+            "fine_input": fine.input_transform,
         },
     )
     with torch.no_grad():
