@@ -261,6 +261,8 @@ def _replay(sup, plan: Plan, settings: Settings, port: int, broker: DemoBroker) 
             "--speed",
             str(plan.speed),
             "--restamp",
+            "--upload-lead-days",
+            str(settings.demo.upload_lead_days),
             "--bad-share",
             str(plan.bad_share),
         ],

@@ -174,6 +174,9 @@ class DemoSettings(BaseModel):
     quick_ratings: int = Field(4000, description="Ratings replayed by `demo --quick`")
     quick_replay_s: float = Field(45.0, description="Replay length of `demo --quick`")
     workers: int = Field(1, description="Proxy workers (consumer-group members)")
+    upload_lead_days: float = Field(
+        30.0, description="Items are uploaded this many dataset days before their first rating"
+    )
     realign_interval_s: float = Field(90.0, description="Re-alignment schedule in the demo")
     quick_realign_interval_s: float = Field(20.0, description="... in `demo --quick`")
     checkpoint_every_s: float = Field(30.0, description="Trainer checkpoint (and re-proxy) period")

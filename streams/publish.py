@@ -55,22 +55,34 @@ def event_key(raw: bytes, field: str) -> bytes | None:
     return str(value).encode() if value is not None else None
 
 
-def movielens_events(limit: int | None = None) -> Iterator[tuple[str, bytes, BaseModel, float]]:
-    """(topic kind, key, event, dataset time in s) in time order: uploads before first ratings."""
+def movielens_events(
+    limit: int | None = None, upload_lead_s: float = 0.0
+) -> Iterator[tuple[str, bytes, BaseModel, float]]:
+    """(topic kind, key, event, dataset time in s) in time order.
+
+    Each item is uploaded ``upload_lead_s`` dataset seconds before its first rating (but not
+    before the replay starts); with 0 it comes just before that rating.
+    """
     from streams.events import Click, ItemUploaded
     from trainer.movielens import load_movielens
 
     data = load_movielens()
-    uploaded: set[int] = set()
     n = len(data.users) if limit is None else min(limit, len(data.users))
+    start = float(data.timestamps[0])
+    first: dict[int, float] = {}  # item -> its upload time
+    for k in range(n):
+        first.setdefault(int(data.items[k]), max(start, float(data.timestamps[k]) - upload_lead_s))
+    uploads = sorted(first.items(), key=lambda kv: kv[1])  # stable: ties keep rating order
+    u = 0
     for k in range(n):
         item, user, ts = int(data.items[k]), int(data.users[k]), float(data.timestamps[k])
-        if item not in uploaded:
-            uploaded.add(item)
-            title = data.item_title[item]
-            text = data.item_text(item)[len(title) :].strip(" .")
-            event = ItemUploaded(item_id=str(item), title=title, text=text, uploaded_at=ts)
-            yield "items", str(item).encode(), event, ts
+        while u < len(uploads) and (uploads[u][1] <= ts or uploads[u][0] == item):
+            up_item, up_ts = uploads[u]
+            title = data.item_title[up_item]
+            text = data.item_text(up_item)[len(title) :].strip(" .")
+            event = ItemUploaded(item_id=str(up_item), title=title, text=text, uploaded_at=up_ts)
+            yield "items", str(up_item).encode(), event, up_ts
+            u += 1
         click = Click(user_id=str(user), item_id=str(item), label=int(data.labels[k]), ts=ts)
         yield "clicks", str(user).encode(), click, ts
 
@@ -89,6 +101,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     ml = sub.add_parser("movielens", help="replay MovieLens-100K as uploads and clicks")
     ml.add_argument("--speed", type=float, default=0.0, help="time compression; 0 = no waiting")
     ml.add_argument("--limit", type=int, help="number of ratings to replay")
+    ml.add_argument(
+        "--upload-lead-days",
+        type=float,
+        default=0.0,
+        help="upload each item this many dataset days before its first rating (default: just before)",
+    )
     ml.add_argument(
         "--bad-share",
         type=float,
@@ -124,7 +142,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     if args.source == "movielens":
         rng = random.Random(args.seed)
         first_ts = None
-        for kind, key, event, ts in tqdm(movielens_events(args.limit), desc="replay", unit="event"):
+        for kind, key, event, ts in tqdm(
+            movielens_events(args.limit, args.upload_lead_days * 86400), desc="replay", unit="event"
+        ):
             if args.speed > 0:
                 first_ts = ts if first_ts is None else first_ts
                 delay = (ts - first_ts) / args.speed - (time.time() - started)

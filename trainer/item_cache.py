@@ -2,9 +2,12 @@
 
 * ``item-features`` -> z [D], z_groups [G, D] (the last record of an item wins);
 * ``proxies`` -> p_coarse [d]: the record with the newest ``produced_at`` wins, so a
-  re-alignment's recomputed proxies replace the workers' older ones. The trainer's own
-  re-proxy records (versions ``reproxy-*``) are skipped: they carry no new p_coarse, and
-  reading them back could reinstate a coarse proxy that a re-alignment has just replaced.
+  re-alignment's recomputed proxies replace the workers' older ones. Records of re-proxy
+  versions (``reproxy-*``) are skipped for items that already have a p_coarse: they carry
+  no new one, and reading them back could reinstate a coarse proxy that a re-alignment
+  has just replaced. They are taken for items seen first there: new uploads that workers
+  proxied after reloading a re-proxy bundle (without this, such items never entered the
+  trainer's cache or a later version, and stayed unservable).
 
 ``ContentReader`` reads both topics with a group-less consumer from the beginning: on
 start it catches up to the end offsets seen at start, then it is polled without waiting
@@ -55,9 +58,9 @@ class ItemCache:
         self.changes.append(item_id)
 
     def put_proxy(self, item_id: str, header, arrays: dict[str, np.ndarray]) -> None:
-        if header.proxy_version.startswith(REPROXY_PREFIX):
-            return
         c = self.items.setdefault(item_id, ItemContent())
+        if header.proxy_version.startswith(REPROXY_PREFIX) and c.p_coarse is not None:
+            return
         if header.produced_at >= c.coarse_at:
             c.p_coarse, c.coarse_at = arrays["p_coarse"], header.produced_at
             self.id_dim = len(c.p_coarse)

@@ -116,3 +116,25 @@ def test_no_pickle_in_trainer_modules():
             if isinstance(node, ast.Call) and ast.unparse(node.func).endswith("torch.load"):
                 kw = {k.arg: ast.unparse(k.value) for k in node.keywords}
                 assert kw.get("weights_only") == "True", path
+
+
+def test_item_cache_takes_reproxy_records_only_for_items_it_has_no_coarse_proxy_for():
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from trainer.item_cache import ItemCache
+
+    def header(version: str, at: float):
+        return SimpleNamespace(proxy_version=version, produced_at=at)
+
+    cache = ItemCache()
+    realigned = np.full(4, 1.0, np.float32)
+    cache.put_proxy("a", header("proxy-realign", 10.0), {"p_coarse": realigned})
+    stale = np.full(4, 9.0, np.float32)  # a later re-proxy record of an older coarse head
+    cache.put_proxy("a", header("reproxy-ckpt-1", 11.0), {"p_coarse": stale})
+    assert cache.items["a"].p_coarse.tolist() == realigned.tolist()
+    # a new upload the worker proxied under the re-proxy version it reloaded
+    fresh = np.full(4, 2.0, np.float32)
+    cache.put_proxy("b", header("reproxy-ckpt-1", 12.0), {"p_coarse": fresh})
+    assert cache.items["b"].p_coarse.tolist() == fresh.tolist()

@@ -58,3 +58,23 @@ def test_publish_movielens_uploads_items_before_their_first_rating(kafka_setting
     for r in items:  # each upload is stamped no later than the item's first rating
         doc = json.loads(r.value)
         assert doc["uploaded_at"] <= first_rating[doc["item_id"]]
+
+
+def test_movielens_replay_uploads_items_a_lead_time_before_their_first_rating():
+    from streams.publish import movielens_events
+
+    lead = 30 * 86400.0
+    events = list(movielens_events(3000, lead))
+    times = [ts for _, _, _, ts in events]
+    assert times == sorted(times)  # one time-ordered stream
+    start = times[0]
+    uploaded: dict[str, float] = {}
+    for kind, _, event, ts in events:
+        if kind == "items":
+            uploaded[event.item_id] = ts
+        elif event.item_id not in uploaded:
+            raise AssertionError(f"click on {event.item_id} before its upload")
+        elif event.item_id in uploaded and uploaded[event.item_id] is not None:
+            first = ts  # the item's first rating: upload is `lead` earlier, or at the start
+            assert abs(uploaded[event.item_id] - max(start, first - lead)) < 1e-6
+            uploaded[event.item_id] = None  # only the first rating is checked
