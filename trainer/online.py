@@ -335,6 +335,7 @@ class OnlineTrainer(TrainerCore):
             self._restore(version)
         self.last_checkpoint_at = time.time()
         self.last_reproxy_at = time.time()
+        self.reproxied_items = 0  # items in the last re-proxy version
         self.last_report_at = time.time()
 
     def _restore(self, version: str) -> None:
@@ -413,7 +414,9 @@ class OnlineTrainer(TrainerCore):
                         now = time.time()
                         if now - self.last_report_at >= t.report_every_s:
                             self.report()
-                        if dirty and now - self.last_checkpoint_at >= t.checkpoint_every_s:
+                        if (dirty or self._unproxied_items()) and (
+                            now - self.last_checkpoint_at >= t.checkpoint_every_s
+                        ):
                             self.checkpoint()
                             dirty = False
                         continue
@@ -502,6 +505,15 @@ class OnlineTrainer(TrainerCore):
             self.reproxy()
         return version
 
+    def _unproxied_items(self) -> bool:
+        """True when items reached the cache after the last re-proxy (idproxy only): a
+        quiet stream still gets them into a complete version."""
+        if not self.do_reproxy:
+            return False
+        self.reader.poll()
+        ready = sum(1 for i in self.cache.items if self.cache.ready(i))
+        return ready > self.reproxied_items
+
     @torch.no_grad()
     def reproxy(self) -> str | None:
         """p_fine of every cached item from its features alone -> a new proxies version."""
@@ -519,6 +531,7 @@ class OnlineTrainer(TrainerCore):
         version = f"{REPROXY_PREFIX}{self.last_checkpoint}-{uuid.uuid4().hex[:6]}"
         publish_proxies(self.producer, self.topics, version, ids, self.cache, pc, fine)
         self.proxy_version = version
+        self.reproxied_items = len(ids)
         self.last_reproxy_at = time.time()
         bundle = save_fine_bundle(
             self.artifacts_dir,
