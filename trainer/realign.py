@@ -11,8 +11,13 @@ re-alignment run:
    changes M — LoRA — creates a new encoder version, whose features must be backfilled by
    re-encoding every item through the workers before its proxies can be published);
 3. scores the current and the candidate φ on held-out ids against the *new* targets;
-4. accepts the candidate only if held-out alignment did not regress (recall@10 and mean
-   cosine each no lower than the current version's minus ``tolerance``); otherwise it
+4. accepts the candidate only if held-out alignment did not regress: recall@10 of each
+   held-out item's own ID embedding among all targets no lower than the current version's
+   minus ``tolerance``. Recall is the guardrail because PAL (eq. 1) is a ranking objective
+   over in-batch negatives; the mean cosine to the own ID embedding is reported but not
+   gated (PAL does not optimise absolute cosine, and on a few dozen held-out ids it is
+   noisy: a candidate that lifted recall@10 from 0.06 to 0.31 lowered the cosine from
+   0.08 to −0.01 in tests/realign/test_realign_job.py). Otherwise it
    keeps the current version and says why.
 """
 
@@ -74,14 +79,11 @@ def realign_coarse_head(
     with torch.no_grad():
         old = alignment_report(current(z[kept[hold]]), targets, hold)
         new = alignment_report(candidate(z[kept[hold]]), targets, hold)
-    regressed = [
-        f"{name} {n:.4f} < {o:.4f}"
-        for name, n, o in (
-            ("recall@10", new.recall_at_k, old.recall_at_k),
-            ("cosine", new.mean_cosine, old.mean_cosine),
-        )
-        if n < o - tolerance
-    ]
+    regressed = (
+        [f"recall@10 {new.recall_at_k:.4f} < {old.recall_at_k:.4f}"]
+        if new.recall_at_k < old.recall_at_k - tolerance
+        else []
+    )
     reason = (
         "held-out alignment regressed: " + ", ".join(regressed) if regressed else "no regression"
     )

@@ -59,10 +59,10 @@ def realign_once(settings: Settings, broker, args: argparse.Namespace) -> dict:
     from proxy_model.artifacts import save_bundle
     from proxy_model.heads import FineHead
     from proxy_model.service import ProxyService
-    from proxy_model.stage1 import Stage1Config
     from streams.kafka_config import common_config, producer_config
     from streams.topics import ensure_topics
     from trainer.checkpoint import CheckpointDir, model_state
+    from trainer.content import stage1_config
     from trainer.item_cache import ContentReader, ItemCache
     from trainer.online import publish_proxies
     from trainer.realign import realign_coarse_head
@@ -109,15 +109,7 @@ def realign_once(settings: Settings, broker, args: argparse.Namespace) -> dict:
             "reason": f"only {len(both)} items have features and ID rows",
         }
     rows = torch.tensor([row_of[i] for i in both])
-    s1 = settings.stage1
-    config = Stage1Config(
-        lr=s1.lr,
-        weight_decay=s1.weight_decay,
-        batch_size=s1.batch_size,
-        epochs=s1.epochs,
-        tau_c=s1.tau_c,
-        seed=s1.seed,
-    )
+    config = stage1_config(settings, settings.stage1.seed)
     t = settings.trainer
     try:
         outcome = realign_coarse_head(
@@ -126,7 +118,7 @@ def realign_once(settings: Settings, broker, args: argparse.Namespace) -> dict:
             counts[rows],
             svc.coarse,
             config,
-            min_updates=s1.min_updates,
+            min_updates=settings.stage1.min_updates,
             holdout_fraction=t.realign_holdout_fraction,
             tolerance=t.realign_tolerance,
             shuffle_targets=args.shuffle_targets,

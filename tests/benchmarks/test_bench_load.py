@@ -16,19 +16,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.processes import processes_with_env
+
 pytestmark = pytest.mark.kafka
-
-
-def _processes_with_env(entry: str) -> list[int]:
-    """Pids whose environment holds ``entry`` (children inherit it, orphans too)."""
-    found = []
-    for environ in Path("/proc").glob("[0-9]*/environ"):
-        try:
-            if entry.encode() in environ.read_bytes().split(b"\0"):
-                found.append(int(environ.parent.name))
-        except OSError:
-            pass  # exited meanwhile, or not ours to read
-    return found
 
 
 def test_bench_load_tiny(tmp_path: Path) -> None:
@@ -66,4 +56,4 @@ def test_bench_load_tiny(tmp_path: Path) -> None:
     # two workers shared the work (each owns partitions, both proxied items)
     assert all(v > 0 for v in summary["workers"]["2"]["items_per_worker"].values())
     assert Path(summary["plot"]).stat().st_size > 0
-    assert _processes_with_env(f"IDPROXY_TEST_MARK={mark}") == []  # every worker was stopped
+    assert processes_with_env(f"IDPROXY_TEST_MARK={mark}") == []  # every worker was stopped

@@ -16,19 +16,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.processes import processes_with_env
+
 pytestmark = pytest.mark.kafka
-
-
-def _processes_with_env(entry: str) -> list[int]:
-    """Pids whose environment holds ``entry`` (children inherit it, orphans too)."""
-    found = []
-    for environ in Path("/proc").glob("[0-9]*/environ"):
-        try:
-            if entry.encode() in environ.read_bytes().split(b"\0"):
-                found.append(int(environ.parent.name))
-        except OSError:
-            pass  # exited meanwhile, or not ours to read
-    return found
 
 
 def run_demo(tmp_path: Path, *flags: str) -> dict:
@@ -49,7 +39,7 @@ def run_demo(tmp_path: Path, *flags: str) -> dict:
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     assert summary == json.loads((run_dir / "summary.json").read_text())
     # clean shutdown: nothing the demo started (broker included) is still alive
-    assert _processes_with_env(f"IDPROXY_RUN_DIR={tmp_path}") == []
+    assert processes_with_env(f"IDPROXY_RUN_DIR={tmp_path}") == []
     return summary
 
 

@@ -78,7 +78,7 @@ def test_realign_publishes_new_coarse_version_and_rejects_shuffled(
     (good,) = _json_lines(out)
     print("accepted run:", json.dumps(good))
     assert good["accepted"], good
-    assert good["new"]["cosine"] > good["old"]["cosine"]
+    assert good["new"]["recall@10"] > good["old"]["recall@10"]
     assert good["published_items"] == 80
     assert json.loads((tmp_path / "realign" / "state.json").read_text())["runs"] == 1
 
