@@ -39,6 +39,15 @@ def kafka_settings(kafka_broker, tmp_path, record_property):
     return settings
 
 
+@pytest.fixture(autouse=True)
+def _no_orphan_cli_processes():
+    """Kills `idproxy` subprocesses a test left running (e.g. after a failed assert)."""
+    yield
+    from tests.streams.helpers import kill_leftovers
+
+    kill_leftovers()
+
+
 def pytest_terminal_summary(terminalreporter):
     for line in _RUNGS:
         terminalreporter.write_line(f"kafka broker used by the integration tests: {line}")

@@ -51,7 +51,9 @@ def item_event(i: int, **extra) -> bytes:
 
 class CliProcess:
     """An `idproxy` subprocess pointed at the test broker and topics; output goes to a file
-    (a pipe nobody reads would fill up and block the child)."""
+    (a pipe nobody reads would fill up and block the child). Every instance is recorded in
+    ``RUNNING``; the autouse fixture in tests/conftest.py kills what a test left running
+    (also when it failed), so no orphan outlives its test."""
 
     def __init__(self, settings, broker, *args: str, metrics_port: int = 0) -> None:
         env = {
@@ -68,6 +70,7 @@ class CliProcess:
         }
         fd, self.log_path = tempfile.mkstemp(prefix="idproxy-cli-", suffix=".log")
         self.log = os.fdopen(fd, "w")
+        RUNNING.append(self)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "idproxy.cli", *args],
             env=env,
@@ -101,6 +104,18 @@ class CliProcess:
     def kill(self) -> None:
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait(timeout=30)
+
+
+RUNNING: list[CliProcess] = []
+
+
+def kill_leftovers() -> None:
+    """SIGKILLs every CliProcess still running and forgets them all."""
+    for cli in RUNNING:
+        if cli.proc.poll() is None:
+            cli.proc.kill()
+            cli.proc.wait(timeout=30)
+    RUNNING.clear()
 
 
 __all__ = ["common_config", "CliProcess", "drain", "item_event", "produce"]
