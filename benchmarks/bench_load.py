@@ -87,6 +87,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--settle-timeout", type=float, default=60.0, help="max wait for the group to split, s"
     )
+    parser.add_argument(
+        "--upload-timeout", type=float, default=30.0, help="max wait for an upload's ack, s"
+    )
     parser.add_argument("--images", action="store_true", help="a generated image on every item")
     parser.add_argument("--tiny", action="store_true", help="tiny random encoder (tests)")
 
@@ -148,6 +151,8 @@ class _StoreThread:
                 self.materializer.step(timeout_ms=100)
         except BaseException as exc:  # surfaced in the main thread by check()
             self.error = exc
+        finally:  # here, so that a close hanging on a dead broker cannot block the bench
+            self.materializer.close()
 
     def freshness(self) -> dict[str, float]:
         self.check()
@@ -164,8 +169,8 @@ class _StoreThread:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join(timeout=30)
-        self.materializer.close()
-        self.store.close()
+        if not self._thread.is_alive():  # else it may still write: leave it to the exit
+            self.store.close()
 
 
 def _image_pool(n: int, size: int) -> list[str]:
@@ -183,7 +188,9 @@ def _image_pool(n: int, size: int) -> list[str]:
 class _Uploader:
     """Sends ItemUploaded events (unique ids) to the items topic; returns upload times (s)."""
 
-    def __init__(self, settings: Settings, broker, catalog: list[str], images: list[str]) -> None:
+    def __init__(
+        self, settings: Settings, broker, catalog: list[str], images: list[str], timeout_s: float
+    ) -> None:
         from kafka import KafkaProducer
 
         from streams.kafka_config import producer_config
@@ -194,6 +201,7 @@ class _Uploader:
         self.catalog = catalog  # titles, cycled
         self.images = images  # base64 images, cycled; empty for text-only
         self.sent = 0
+        self.timeout_s = timeout_s  # an upload not acknowledged in this time fails the bench
 
     def send(self, item_id: str) -> float:
         """Uploads the next catalog item as ``item_id``; its upload time (time.time())."""
@@ -203,12 +211,12 @@ class _Uploader:
             event["image_b64"] = self.images[self.sent % len(self.images)]
         event["uploaded_at"] = now
         self.producer.send(self.topic, key=item_id.encode(), value=json.dumps(event).encode())
-        self.producer.flush()
+        self.producer.flush(timeout=self.timeout_s)  # KafkaTimeoutError if the broker is gone
         self.sent += 1
         return now
 
     def close(self) -> None:
-        self.producer.close()
+        self.producer.close(timeout=self.timeout_s)
 
 
 def _owned(sup, names: list[str]) -> dict[str, list[int]]:
@@ -355,12 +363,14 @@ def _ramp(n: int, args, settings: Settings, broker, out: Path, catalog, images, 
         _StoreThread(s, broker, f"{tmp}/store") as store,
         Supervisor(out / "logs", env) as sup,
     ):
-        up = _Uploader(s, broker, catalog, images)
+        up = _Uploader(s, broker, catalog, images, args.upload_timeout)
         try:
 
             def check() -> None:
                 sup.check_alive(names)
                 store.check()
+                if broker.process is not None and broker.process.poll() is not None:
+                    raise ChildFailed(f"the broker exited ({broker.process.returncode})")
 
             up.producer.partitions_for(up.topic)  # the new topic's metadata is out
             tiny = ["--tiny"] if args.tiny else []
@@ -426,6 +436,7 @@ def _interrupt(signum: int, frame: object) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
+    from kafka.errors import KafkaError
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -472,7 +483,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         except KeyboardInterrupt:
             console.print("bench load: interrupted; every worker was stopped")
             status = 130
-        except (ChildFailed, RuntimeError) as exc:
+        except (ChildFailed, RuntimeError, KafkaError) as exc:
             console.print(f"bench load: failed: {exc}")
             status = 1
     signal.signal(signal.SIGTERM, previous)

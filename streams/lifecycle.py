@@ -1,12 +1,35 @@
-"""Graceful stop for the long-running loops: SIGTERM/SIGINT set a flag, the loop finishes
-its batch, commits and exits."""
+"""Graceful stop and broker outages for the long-running loops.
+
+SIGTERM/SIGINT set a flag, the loop finishes its batch, commits and exits. A commit that
+fails because the broker is away is logged, not fatal: the output was already made
+durable, so the worst case is a re-delivery that the idempotent writes absorb.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import signal
 import threading
 from collections.abc import Callable, Iterator
+
+log = logging.getLogger(__name__)
+
+
+def commit_or_log(consumer, offsets: dict | None = None) -> bool:
+    """``consumer.commit(offsets)``; on a Kafka error (broker down, group rebalancing) logs
+    and returns False instead of raising."""
+    from kafka.errors import KafkaError
+
+    try:
+        if offsets is None:
+            consumer.commit()
+        else:
+            consumer.commit(offsets)
+    except KafkaError as exc:
+        log.warning("offset commit failed (%s); the work is durable and will be re-read", exc)
+        return False
+    return True
 
 
 @contextlib.contextmanager

@@ -25,7 +25,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from idproxy.settings import Settings
-from streams.lifecycle import stop_signals
+from streams.lifecycle import commit_or_log, stop_signals
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +161,7 @@ class Materializer:
         self.store_error, self.io_failures = None, 0
         if messages:
             self.producer.flush()
-            self.consumer.commit()
+            commit_or_log(self.consumer)
             if self.stats_file is not None:
                 self.write_stats()
         return len(messages)

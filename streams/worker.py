@@ -29,7 +29,7 @@ from pathlib import Path
 from kafka import ConsumerRebalanceListener
 
 from idproxy.settings import Settings
-from streams.lifecycle import stop_signals
+from streams.lifecycle import commit_or_log, stop_signals
 
 log = logging.getLogger(__name__)
 
@@ -206,7 +206,7 @@ class ProxyWorker:
                         self.stats.first_batch_at = started
                     self.process(messages)
                     self.producer.flush()  # durable first ...
-                    self.consumer.commit()  # ... then the offsets
+                    commit_or_log(self.consumer)  # ... then the offsets
                     self.stats.finished_at = time.time()
                     took = self.stats.finished_at - started
                     self.stats.batches += 1

@@ -36,9 +36,10 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from kafka.errors import KafkaError
 
 from idproxy.settings import Settings
-from streams.lifecycle import stop_signals
+from streams.lifecycle import commit_or_log, stop_signals
 from trainer.checkpoint import CheckpointDir, Predictions, load_optimizer, model_state
 from trainer.item_cache import REPROXY_PREFIX, ContentReader, ItemCache, partitions_for
 from trainer.online_model import Batch, OnlineRanker, OnlineShape, Variant
@@ -482,12 +483,13 @@ class OnlineTrainer(TrainerCore):
         }
         self.ckpts.save(version, self.model, self.optimizer, manifest, self.predictions)
         self.predictions.save(self.state_dir / "predictions.npz")
-        self.consumer.commit(
+        commit_or_log(  # the checkpoint holds the offsets: a failed commit loses nothing
+            self.consumer,
             {
                 tp: OffsetAndMetadata(self.offsets[tp.partition], "", -1)
                 for tp in self.partitions
                 if tp.partition in self.offsets
-            }
+            },
         )
         self.checkpoints += 1
         self.last_checkpoint = version
@@ -502,7 +504,10 @@ class OnlineTrainer(TrainerCore):
             )
             or (t.reproxy_every_s > 0 and time.time() - self.last_reproxy_at >= t.reproxy_every_s)
         ):
-            self.reproxy()
+            try:
+                self.reproxy()
+            except KafkaError as exc:  # the broker is away: the next checkpoint re-proxies
+                log.warning("re-proxy not published (%s); retried at the next checkpoint", exc)
         return version
 
     def _unproxied_items(self) -> bool:
