@@ -431,6 +431,21 @@ def scaling(results: dict[int, dict]) -> dict[str, float | None]:
     }
 
 
+def scaling_kind(results: dict[int, dict]) -> dict[str, str]:
+    """What each scaling factor is: "exact" when both counts saturated (their sustainable
+    rates are measured), "lower bound" when only the first did (the other's rate is a lower
+    bound), else "undetermined" (the first count's rate is itself only a lower bound).
+
+    >>> scaling_kind({1: {"saturated": True}, 2: {"saturated": False}})
+    {'1': 'exact', '2': 'lower bound'}
+    """
+    base = next(iter(results.values()))["saturated"] if results else False
+    return {
+        str(n): ("exact" if r["saturated"] else "lower bound") if base else "undetermined"
+        for n, r in results.items()
+    }
+
+
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
@@ -501,6 +516,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         "loadavg_after": [round(v, 2) for v in load_after],
         "workers": {str(n): r for n, r in results.items()},
         "scaling": scaling(results),
+        "scaling_kind": scaling_kind(results),
         "complete": status == 0,
         "out_dir": str(out),
         "plot": str(out / "p99_vs_rate.png"),
@@ -547,12 +563,12 @@ def _print_tables(console, results: dict[int, dict], summary: dict) -> None:
         final.add_column(col, justify="right")
     for n, r in results.items():
         rate, sat = r["sustainable_rate"], r["saturated"]
-        factor = summary["scaling"][str(n)]
+        factor, kind = summary["scaling"][str(n)], summary["scaling_kind"][str(n)]
         final.add_row(
             str(n),
             "none" if rate is None else f"{'' if sat else '≥ '}{rate:g}",
             "yes" if sat else "no (lower bound)",
-            "-" if factor is None else f"{factor:.2f}",
+            "-" if factor is None else f"{factor:.2f}" + {"exact": ""}.get(kind, f" ({kind})"),
             ", ".join(str(v) for v in r["items_per_worker"].values()),
         )
     console.print(final)

@@ -53,6 +53,13 @@ def test_bench_load_tiny(tmp_path: Path) -> None:
         assert result["sustainable_rate"] == (max(under) if under else None)
         assert result["saturated"] == any(st["p99_s"] >= limit for st in steps)
         assert sum(result["items_per_worker"].values()) >= sum(st["items"] for st in steps)
+    one, two = summary["workers"]["1"], summary["workers"]["2"]
+    if one["sustainable_rate"] and two["sustainable_rate"]:
+        ratio = two["sustainable_rate"] / one["sustainable_rate"]
+        assert summary["scaling"]["2"] == pytest.approx(ratio, abs=1e-3)
+    assert summary["scaling_kind"]["2"] == (
+        ("exact" if two["saturated"] else "lower bound") if one["saturated"] else "undetermined"
+    )
     # two workers shared the work (each owns partitions, both proxied items)
     assert all(v > 0 for v in summary["workers"]["2"]["items_per_worker"].values())
     assert Path(summary["plot"]).stat().st_size > 0
