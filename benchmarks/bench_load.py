@@ -580,6 +580,7 @@ def _plot(path: Path, results: dict[int, dict], limit: float, title: str) -> Non
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FormatStrFormatter
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for n, r in results.items():
@@ -600,6 +601,8 @@ def _plot(path: Path, results: dict[int, dict], limit: float, title: str) -> Non
     ax.set_xticks(rates, [f"{v:g}" for v in rates], minor=False)
     ax.set_xticks([], minor=True)
     ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
+    ax.yaxis.set_minor_formatter(FormatStrFormatter("%g"))
     ax.set_xlabel("upload rate, items/s")
     ax.set_ylabel("freshness (upload → servable), s")
     ax.set_title(f"bench load: {title}")
