@@ -60,6 +60,7 @@ class Materializer:
         self.freshness: dict[str, float] = {}  # item -> seconds from upload to first servable
         self.written = 0
         self.stats_file = stats_file
+        self.stats_items = 0  # items in the stats file as last written
         self.store_error: str | None = None  # the last disk failure, until a write succeeds
         self.io_failures = 0
         if stats_file is not None and stats_file.is_file():  # a restart keeps the history
@@ -162,8 +163,8 @@ class Materializer:
         if messages:
             self.producer.flush()
             commit_or_log(self.consumer)
-            if self.stats_file is not None:
-                self.write_stats()
+            if self.stats_file is not None and len(self.freshness) != self.stats_items:
+                self.write_stats()  # only when an item became servable for the first time
         return len(messages)
 
     def _back_off(self, exc: Exception) -> None:
@@ -183,6 +184,7 @@ class Materializer:
 
     def write_stats(self) -> None:
         """{written, freshness_s: {item: s}} as JSON, atomically (kept across restarts)."""
+        self.stats_items = len(self.freshness)
         tmp = self.stats_file.with_suffix(".tmp")
         tmp.write_text(json.dumps({"written": self.written, "freshness_s": self.freshness}))
         os.replace(tmp, self.stats_file)

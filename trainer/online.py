@@ -415,9 +415,8 @@ class OnlineTrainer(TrainerCore):
                         now = time.time()
                         if now - self.last_report_at >= t.report_every_s:
                             self.report()
-                        if (dirty or self._unproxied_items()) and (
-                            now - self.last_checkpoint_at >= t.checkpoint_every_s
-                        ):
+                        due = now - self.last_checkpoint_at >= t.checkpoint_every_s
+                        if due and (dirty or self._unproxied_items()):
                             self.checkpoint()
                             dirty = False
                         continue
