@@ -85,8 +85,10 @@ class GrowingEmbedding(nn.Module):
 
     def count(self, rows: torch.Tensor) -> None:
         """Adds one update to each distinct non-padding row in ``rows`` (any shape)."""
-        uniq = torch.unique(rows)
-        self.counts[uniq[uniq > 0]] += 1
+        # read-add-write through advanced indexing: repeated rows all write the same old + 1,
+        # so each distinct row gains exactly one (cheaper than torch.unique's sort)
+        self.counts[rows.reshape(-1)] += 1
+        self.counts[0] = 0
 
     def forward(self, rows: torch.Tensor) -> torch.Tensor:
         """rows [*] -> [*, d]; row 0 gives zeros."""

@@ -112,14 +112,16 @@ class BatchBuilder:
 
     def build(self, samples: list) -> Batch:
         m, h = self.model, self.history_len
+        n = len(samples)
         users = m.user_table.rows([s.user_id for s in samples])
-        items = m.item_table.rows([s.item_id for s in samples])
         hists = [s.history[-h:] for s in samples]
-        flat = m.item_table.rows([i for hist in hists for i in hist])
+        # one lookup for targets and history: rows [n + sum(len(hist))]
+        rows = m.item_table.rows([s.item_id for s in samples] + [i for x in hists for i in x])
+        items, flat = rows[:n], rows[n:]
         lengths = torch.tensor([len(x) for x in hists])
-        history = torch.zeros(len(samples), h, dtype=torch.long)
+        history = torch.zeros(n, h, dtype=torch.long)
         history[torch.arange(h)[None, :] < lengths[:, None]] = flat
-        labels = torch.tensor([float(s.label) for s in samples])
+        labels = torch.tensor([s.label for s in samples], dtype=torch.float32)
         batch = Batch(users, items, history, labels)
         if m.variant == "idproxy":
             self._sync()
@@ -194,17 +196,17 @@ class TrainerCore:
         from streams.events import EventError, TrainingSample, parse_json
 
         samples = []
+        recent, offsets = self.recent, self.offsets
         for m in messages:
-            self.offsets[m.partition] = m.offset + 1
+            offsets[m.partition] = m.offset + 1
             try:
                 s = parse_json(m.value, TrainingSample)
             except EventError as exc:
                 self._reject(m, str(exc))
                 continue
-            if s.sample_id in self.recent:
-                continue
-            self.recent.add(s.sample_id)
-            samples.append(s)
+            if s.sample_id not in recent:
+                recent.add(s.sample_id)
+                samples.append(s)
         return samples
 
     def is_new(self, sample) -> bool:

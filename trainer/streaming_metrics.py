@@ -52,12 +52,15 @@ class WindowedAUC:
         self.seen = 0
 
     def update(self, probabilities: Iterable[float], labels: Iterable[int]) -> None:
-        for p, y in zip(probabilities, labels, strict=True):
-            if not math.isfinite(p):
-                raise ValueError(f"non-finite prediction {p}")
-            self.scores.append(float(p))
-            self.labels.append(int(y))
-            self.seen += 1
+        scores, ys = list(map(float, probabilities)), list(map(int, labels))
+        if len(scores) != len(ys):
+            raise ValueError(f"{len(scores)} predictions for {len(ys)} labels")
+        bad = [p for p in scores if not math.isfinite(p)]
+        if bad:
+            raise ValueError(f"non-finite prediction {bad[0]}")
+        self.scores.extend(scores)
+        self.labels.extend(ys)
+        self.seen += len(scores)
 
     def auc(self) -> float:
         return exact_auc(np.fromiter(self.scores, float), np.fromiter(self.labels, int))
