@@ -98,7 +98,7 @@ def _model(settings, variant: str, hidden: int):
         initial_rows=t.initial_rows,
     )
     model = OnlineRanker(shape, variant, seed=t.online_seed)
-    return model, attach_optimizer(model, t.online_lr)
+    return model, attach_optimizer(model, t.online_lr, t.online_adaptor_lr_scale)
 
 
 def _trainer_loop(settings, variant, hidden, cache, chunks) -> float:

@@ -18,6 +18,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "pipeline": ("benchmarks.bench_pipeline", "publish rate, worker vs bare model, freshness"),
     "load": ("benchmarks.bench_load", "stepped upload ramp: freshness p50/p99, sustainable rate"),
     "trainer": ("benchmarks.bench_trainer", "online trainer loop samples/s vs a bare PyTorch loop"),
+    "online": ("benchmarks.bench_online", "online IDProxy vs ID-only ranker, per seed and warm-up"),
 }
 
 

@@ -69,6 +69,9 @@ class Plan:
     realign_interval_s: float
     checkpoint_every_s: float
     drain_timeout_s: float
+    upload_lead_days: float
+    catalogue: tuple[str, ...]  # items of the launch catalogue (uploaded before the clicks)
+    catalogue_timeout_s: float
     kill_each: bool
     bad_share: float
     tiny: bool
@@ -78,6 +81,7 @@ class Plan:
 
 def make_plan(args: argparse.Namespace, settings: Settings) -> Plan:
     """Counts the replayed items and picks the time compression for ``replay_s``."""
+    from streams.publish import movielens_events
     from trainer.movielens import load_movielens
 
     d = settings.demo
@@ -86,6 +90,10 @@ def make_plan(args: argparse.Namespace, settings: Settings) -> Plan:
     replay_s = args.replay_s or (d.quick_replay_s if args.quick else d.replay_s)
     span = float(data.timestamps[ratings - 1] - data.timestamps[0])
     stamp = time.strftime("%Y%m%d-%H%M%S")
+    lead_days = d.quick_upload_lead_days if args.quick else d.upload_lead_days
+    catalogue = tuple(
+        e.item_id for *_, e, _ in movielens_events(ratings, lead_days * 86400, "catalogue")
+    )
     return Plan(
         ratings=ratings,
         items=len(set(data.items[:ratings].tolist())),
@@ -96,6 +104,9 @@ def make_plan(args: argparse.Namespace, settings: Settings) -> Plan:
         realign_interval_s=d.quick_realign_interval_s if args.quick else d.realign_interval_s,
         checkpoint_every_s=d.quick_checkpoint_every_s if args.quick else d.checkpoint_every_s,
         drain_timeout_s=d.quick_drain_timeout_s if args.quick else d.drain_timeout_s,
+        upload_lead_days=lead_days,
+        catalogue=catalogue,
+        catalogue_timeout_s=d.quick_catalogue_timeout_s if args.quick else d.catalogue_timeout_s,
         kill_each=args.kill_each,
         bad_share=args.bad_share,
         tiny=args.tiny,
@@ -113,7 +124,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     plan.run_dir.mkdir(parents=True, exist_ok=True)
     print(
         f"demo: {plan.ratings:,} ratings, {plan.items:,} items, replay {plan.replay_s:.0f} s "
-        f"(x{plan.speed:,.0f}), {plan.workers} worker(s), "
+        f"(x{plan.speed:,.0f}), launch catalogue {len(plan.catalogue):,} items, "
+        f"{plan.workers} worker(s), "
         f"{'tiny' if plan.tiny else 'real-weight'} encoder; output in {plan.run_dir}",
         flush=True,
     )
@@ -251,18 +263,17 @@ def _replay(sup, plan: Plan, settings: Settings, port: int, broker: DemoBroker) 
     ``kill_each``, SIGKILLs and restarts one component after another meanwhile."""
     from idproxy.supervisor import ChildFailed
 
+    replay = ["publish", "movielens", "--limit", str(plan.ratings), "--restamp"]
+    replay += ["--upload-lead-days", str(plan.upload_lead_days)]
+    _launch_catalogue(sup, plan, settings, port, replay)
     sup.start(
         "publisher",
         [
-            "publish",
-            "movielens",
-            "--limit",
-            str(plan.ratings),
+            *replay,
+            "--part",
+            "stream",
             "--speed",
             str(plan.speed),
-            "--restamp",
-            "--upload-lead-days",
-            str(settings.demo.upload_lead_days),
             "--bad-share",
             str(plan.bad_share),
         ],
@@ -287,6 +298,43 @@ def _replay(sup, plan: Plan, settings: Settings, port: int, broker: DemoBroker) 
     if publisher.proc.returncode != 0:
         raise ChildFailed(f"publisher exited ({publisher.proc.returncode}):\n{publisher.tail()}")
     sup.stop("publisher")  # done: no longer watched
+
+
+def _launch_catalogue(sup, plan: Plan, settings: Settings, port: int, replay: list[str]) -> None:
+    """Uploads the launch catalogue (items live before the first rating) and waits, at most
+    ``catalogue_timeout_s``, until it is servable: the system goes live with its catalogue
+    proxied, as a production launch would after a backfill, and the clicks start then.
+
+    Without this, ML-100K's first month (1,186 of 1,682 items are first rated in it) lands
+    as one burst that one CPU worker needs minutes to clear, so most first clicks of new
+    items would find no proxy yet (16–31 % would, by a FIFO estimate at 6–10 items/s).
+    """
+    from idproxy.supervisor import ChildFailed
+
+    sup.start("catalogue", [*replay, "--part", "catalogue"])
+    catalogue = sup.children["catalogue"]
+    while catalogue.proc.poll() is None:
+        time.sleep(0.5)
+    if catalogue.proc.returncode != 0:
+        raise ChildFailed(
+            f"catalogue upload exited ({catalogue.proc.returncode}):\n{catalogue.tail()}"
+        )
+    sup.stop("catalogue")
+    end, last = time.time() + plan.catalogue_timeout_s, 0.0
+    while (servable := _servable(port)[0]) < len(plan.catalogue):
+        sup.check_alive()
+        if time.time() >= end:
+            print(
+                f"demo: only {servable}/{len(plan.catalogue)} catalogue items servable after "
+                f"{plan.catalogue_timeout_s:.0f} s; starting the clicks anyway",
+                flush=True,
+            )
+            break
+        if time.time() - last >= settings.demo.progress_every_s:
+            _progress(plan, port, "catalogue")
+            last = time.time()
+        time.sleep(1)
+    print(f"demo: launch catalogue servable ({servable} items); starting the clicks", flush=True)
 
 
 # the fault drill of --kill-each, in order; "broker" is the Apache Kafka node itself

@@ -143,6 +143,9 @@ class TrainerSettings(BaseModel):
     # ---- the online Stage-2 trainer (`idproxy trainer`, trainer/online.py)
     online_batch_size: int = Field(256, description="Samples per online mini-batch")
     online_lr: float = Field(1e-3, description="Adam learning rate of the online trainer")
+    online_adaptor_lr_scale: float = Field(
+        0.1, gt=0, description="Learning rate of the fine head (φ̃, gate) relative to online_lr"
+    )
     online_seed: int = Field(0, description="Seed of the online ranker's initialisation")
     online_fine_input: Literal["none", "signed_log"] = Field(
         "signed_log", description="Transform of raw z_groups before the online adaptor"
@@ -177,11 +180,18 @@ class DemoSettings(BaseModel):
     upload_lead_days: float = Field(
         30.0, description="Items are uploaded this many dataset days before their first rating"
     )
+    quick_upload_lead_days: float = Field(
+        1.0, description="... in `demo --quick` (6 days replayed)"
+    )
     realign_interval_s: float = Field(90.0, description="Re-alignment schedule in the demo")
     quick_realign_interval_s: float = Field(20.0, description="... in `demo --quick`")
     checkpoint_every_s: float = Field(30.0, description="Trainer checkpoint (and re-proxy) period")
     quick_checkpoint_every_s: float = Field(10.0, description="... in `demo --quick`")
     progress_every_s: float = Field(10.0, description="A progress line every T seconds")
+    catalogue_timeout_s: float = Field(
+        600.0, description="Max wait for the launch catalogue to be servable before the clicks"
+    )
+    quick_catalogue_timeout_s: float = Field(120.0, description="... in `demo --quick`")
     drain_timeout_s: float = Field(600.0, description="Max wait for the pipeline to catch up")
     quick_drain_timeout_s: float = Field(180.0, description="... in `demo --quick`")
     ready_timeout_s: float = Field(300.0, description="Max wait for a component to start")

@@ -18,6 +18,7 @@ import random
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel
 
@@ -55,13 +56,19 @@ def event_key(raw: bytes, field: str) -> bytes | None:
     return str(value).encode() if value is not None else None
 
 
+ReplayPart = Literal["all", "catalogue", "stream"]
+
+
 def movielens_events(
-    limit: int | None = None, upload_lead_s: float = 0.0
+    limit: int | None = None, upload_lead_s: float = 0.0, part: ReplayPart = "all"
 ) -> Iterator[tuple[str, bytes, BaseModel, float]]:
     """(topic kind, key, event, dataset time in s) in time order.
 
-    Each item is uploaded ``upload_lead_s`` dataset seconds before its first rating (but not
-    before the replay starts); with 0 it comes just before that rating.
+    Each item is uploaded ``upload_lead_s`` dataset seconds before its first rating; with 0
+    it comes just before that rating. Items whose upload time would fall before the first
+    rating are the **launch catalogue**: they are uploaded at the start. ``part`` picks
+    what is yielded: ``all``; only the ``catalogue`` uploads; or the ``stream``, meaning
+    every click plus the uploads of items that are not in the catalogue.
     """
     from streams.events import Click, ItemUploaded
     from trainer.movielens import load_movielens
@@ -78,13 +85,19 @@ def movielens_events(
         item, user, ts = int(data.items[k]), int(data.users[k]), float(data.timestamps[k])
         while u < len(uploads) and (uploads[u][1] <= ts or uploads[u][0] == item):
             up_item, up_ts = uploads[u]
-            title = data.item_title[up_item]
-            text = data.item_text(up_item)[len(title) :].strip(" .")
-            event = ItemUploaded(item_id=str(up_item), title=title, text=text, uploaded_at=up_ts)
-            yield "items", str(up_item).encode(), event, up_ts
             u += 1
-        click = Click(user_id=str(user), item_id=str(item), label=int(data.labels[k]), ts=ts)
-        yield "clicks", str(user).encode(), click, ts
+            if part != ("stream" if up_ts == start else "catalogue"):
+                title = data.item_title[up_item]
+                text = data.item_text(up_item)[len(title) :].strip(" .")
+                event = ItemUploaded(
+                    item_id=str(up_item), title=title, text=text, uploaded_at=up_ts
+                )
+                yield "items", str(up_item).encode(), event, up_ts
+        if part == "catalogue" and (u == len(uploads) or uploads[u][1] > start):
+            return
+        if part != "catalogue":
+            click = Click(user_id=str(user), item_id=str(item), label=int(data.labels[k]), ts=ts)
+            yield "clicks", str(user).encode(), click, ts
 
 
 def restamped(event: BaseModel, now: float) -> BaseModel:
@@ -115,6 +128,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     ml.add_argument("--seed", type=int, default=0, help="seed of the malformed-event draw")
     ml.add_argument(
+        "--part",
+        choices=["all", "catalogue", "stream"],
+        default="all",
+        help="all events; only the launch catalogue (items uploaded before the first rating); "
+        "or the stream without it",
+    )
+    ml.add_argument(
         "--restamp",
         action="store_true",
         help="stamp each event with the wall-clock time it is sent (live freshness, item age)",
@@ -143,7 +163,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         rng = random.Random(args.seed)
         first_ts = None
         for kind, key, event, ts in tqdm(
-            movielens_events(args.limit, args.upload_lead_days * 86400), desc="replay", unit="event"
+            movielens_events(args.limit, args.upload_lead_days * 86400, args.part),
+            desc="replay",
+            unit="event",
         ):
             if args.speed > 0:
                 first_ts = ts if first_ts is None else first_ts
