@@ -78,3 +78,21 @@ def test_movielens_replay_uploads_items_a_lead_time_before_their_first_rating():
             first = ts  # the item's first rating: upload is `lead` earlier, or at the start
             assert abs(uploaded[event.item_id] - max(start, first - lead)) < 1e-6
             uploaded[event.item_id] = None  # only the first rating is checked
+
+
+def test_movielens_replay_parts_split_the_launch_catalogue_from_the_stream():
+    from streams.publish import movielens_events
+
+    lead = 1 * 86400.0
+    whole = list(movielens_events(3000, lead))
+    catalogue = list(movielens_events(3000, lead, "catalogue"))
+    stream = list(movielens_events(3000, lead, "stream"))
+    start = whole[0][3]
+    assert catalogue and all(kind == "items" and ts == start for kind, _, _, ts in catalogue)
+    catalogue_ids = {e.item_id for _, _, e, _ in catalogue}
+    stream_uploads = {e.item_id for kind, _, e, _ in stream if kind == "items"}
+    assert stream_uploads and not stream_uploads & catalogue_ids  # later items arrive live
+    assert [ts for *_, ts in stream] == sorted(ts for *_, ts in stream)
+    # together they are exactly the whole replay
+    key = lambda ev: (ev[0], ev[2].model_dump_json())  # noqa: E731
+    assert sorted(map(key, catalogue + stream)) == sorted(map(key, whole))
