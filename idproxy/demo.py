@@ -6,8 +6,11 @@
    ``--tiny``), two online trainers on the same ``samples`` stream (``idproxy`` with the
    proxies in the ID slot, and the ``id-only`` baseline, each its own consumer group) and
    the re-alignment scheduler.
-3. The replay: items are uploaded just before their first rating and ratings arrive as
-   clicks in time order, compressed to ``replay_s`` seconds, so new items keep arriving.
+3. The replay: each item is uploaded ``upload_lead_days`` dataset days before its first
+   rating. The launch catalogue (items whose upload would fall before the first rating)
+   goes first, and the clicks wait until it is servable. Then ratings arrive as clicks in
+   time order, compressed to ``replay_s`` seconds, and the remaining items are uploaded
+   live, so new items keep arriving.
    Events are stamped with the wall-clock time they are sent (freshness, item age).
 4. Progress lines while it runs; then it waits until every item is servable and both
    trainers have consumed every sample, stops everything (SIGTERM, then SIGKILL; also on
