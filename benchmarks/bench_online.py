@@ -57,7 +57,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def bucket_label(lo: int, hi: int | None) -> str:
-    """>>> bucket_label(0, 0), bucket_label(1, 2), bucket_label(50, None)
+    """The printed name of an interactions bucket.
+
+    >>> bucket_label(0, 0), bucket_label(1, 2), bucket_label(50, None)
     ('0', '1-2', '50+')
     """
     return f"{lo}+" if hi is None else (str(lo) if lo == hi else f"{lo}-{hi}")
@@ -166,8 +168,8 @@ def auc_table(scores, labels, interactions, tau: int) -> dict[str, float]:
 def _mean_std(values: list[float]) -> tuple[float, float]:
     """Mean and sample std of the finite values (an AUC is NaN when a bucket has one class).
 
-    >>> _mean_std([0.5, 0.7, float("nan")])
-    (0.6, 0.1414213562373095)
+    >>> [round(x, 4) for x in _mean_std([0.5, 0.7, float("nan")])]
+    [0.6, 0.1414]
     """
     finite = [v for v in values if math.isfinite(v)]
     if not finite:

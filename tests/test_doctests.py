@@ -18,6 +18,8 @@ MODULES = [
     "idproxy.demo_report",
     "proxy_model.heads",
     "streams.processor",
+    "trainer.growing_embedding",
+    "benchmarks.bench_online",
 ]
 
 
