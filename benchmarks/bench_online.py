@@ -14,7 +14,8 @@ variants and several seeds, so the difference can be told from seed noise:
 * prequential scores (each batch is scored before it is trained on), as in the trainer.
 
 Reported per variant (mean ± std over seeds) and paired (IDProxy − ID-only, per seed):
-AUC over all samples and over new-item samples (< τ earlier interactions). The AUC is also
+AUC over all samples and over new-item samples (< τ earlier interactions), the latter
+also time-stratified (per stream decile, weighted by count, as in the demo summary). The AUC is also
 given per bucket of the item's earlier interactions (0, 1–2, 3–4, 5–9, 10–19, 20–49, 50+),
 which shows how the advantage changes as items warm up. Writes ``results.json`` and
 ``auc_by_interactions.png`` under ``<run_dir>/bench-online-<time>/`` and ends with one JSON line.
@@ -152,13 +153,22 @@ def replay(settings: Settings, variant: str, seed: int, hidden: int, cache, reco
 
 
 def auc_table(scores, labels, interactions, tau: int) -> dict[str, float]:
-    """AUC overall, on new-item samples (< tau earlier interactions) and per bucket."""
+    """AUC overall, on new-item samples (< tau earlier interactions), the latter also
+    time-stratified over 10 stream slices (``new_by_time``), and per bucket."""
     import numpy as np
 
-    from trainer.streaming_metrics import exact_auc
+    from trainer.streaming_metrics import exact_auc, time_stratified_auc
 
     k = np.asarray(interactions)
-    out = {"all": exact_auc(scores, labels), "new": exact_auc(scores[k < tau], labels[k < tau])}
+    new = k < tau
+    out = {
+        "all": exact_auc(scores, labels),
+        "new": exact_auc(scores[new], labels[new]),
+        "new_by_time": time_stratified_auc(
+            {"score": scores, "label": labels, "is_new": new}, buckets=10
+        )
+        or math.nan,
+    }
     for lo, hi in BUCKETS:
         sel = (k >= lo) & (k <= (hi if hi is not None else k.max()))
         out[bucket_label(lo, hi)] = exact_auc(scores[sel], labels[sel])
@@ -223,7 +233,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         )
         per_seed[variant].append(auc_table(scores, labels, interactions, t.new_item_interactions))
 
-    keys = ["all", "new"] + [bucket_label(lo, hi) for lo, hi in BUCKETS]
+    keys = ["all", "new", "new_by_time"] + [bucket_label(lo, hi) for lo, hi in BUCKETS]
     summary = {v: {k: _mean_std([r[k] for r in per_seed[v]]) for k in keys} for v in VARIANTS}
     deltas = {
         k: [a[k] - b[k] for a, b in zip(per_seed["idproxy"], per_seed["id-only"], strict=True)]
@@ -235,9 +245,11 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     for col in ("samples", "IDProxy", "ID only", "Δ paired", "seeds Δ > 0"):
         table.add_column(col)
     for k in keys:
-        name = {"all": "all items", "new": f"new items (< {t.new_item_interactions})"}.get(
-            k, f"item seen {k}×"
-        )
+        name = {
+            "all": "all items",
+            "new": f"new items (< {t.new_item_interactions})",
+            "new_by_time": "new, per stream decile",
+        }.get(k, f"item seen {k}×")
         m_i, s_i = summary["idproxy"][k]
         m_o, s_o = summary["id-only"][k]
         d_m, d_s = _mean_std(deltas[k])
@@ -261,6 +273,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         "adaptor_lr_scale": t.online_adaptor_lr_scale,
         "per_seed": per_seed,
         "delta_new_mean": round(_mean_std(deltas["new"])[0], 4),
+        "delta_new_by_time_mean": round(_mean_std(deltas["new_by_time"])[0], 4),
         "delta_all_mean": round(_mean_std(deltas["all"])[0], 4),
         "new_wins": sum(d > 0 for d in deltas["new"]),
         "seconds": round(time.time() - started, 1),

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from trainer.streaming_metrics import exact_auc
+from trainer.streaming_metrics import exact_auc, time_stratified_auc
 
 VARIANTS = ("idproxy", "id-only")
 
@@ -52,7 +52,7 @@ def write_report(
 ) -> dict:
     """Builds the summary of a finished demo run (``plan``: ``idproxy.demo.Plan``)."""
     r = plan.run_dir
-    trainers, curves = {}, {}
+    trainers, curves, stratified = {}, {}, {}
     for v in VARIANTS:
         folder = r / f"trainer-{v}"
         trainers[v] = _read_json(folder / "summary.json")
@@ -60,6 +60,7 @@ def write_report(
             with np.load(folder / "predictions.npz", allow_pickle=False) as data:
                 pred = {k: data[k] for k in ("score", "label", "is_new")}
             curves[v] = auc_over_time(pred, buckets=10)
+            stratified[v] = time_stratified_auc(pred, buckets=10)
     by_item = _read_json(r / "materializer.json").get("freshness_s", {})
     catalogue = set(plan.catalogue)
     fresh = [s for item, s in by_item.items() if item not in catalogue]  # uploaded live
@@ -87,6 +88,7 @@ def write_report(
         summary[f"samples_{key}"] = s.get("samples")
         summary[f"auc_all_{key}"] = s.get("cum_auc_all")
         summary[f"auc_new_{key}"] = s.get("cum_auc_new")
+        summary[f"auc_new_by_decile_{key}"] = stratified.get(v)
         summary[f"new_samples_{key}"] = s.get("n_new")
     _print_table(summary)
     _plot(r, curves, fresh)
@@ -123,6 +125,7 @@ def _print_table(s: dict) -> None:
     table.add_column("ID only", justify="right")
     for label, key in (
         ("online AUC, new items", "auc_new"),
+        ("... per stream decile, weighted", "auc_new_by_decile"),
         ("online AUC, all items", "auc_all"),
         ("samples trained", "samples"),
         ("samples of new items", "new_samples"),

@@ -74,3 +74,26 @@ class WindowedAUC:
 
     def __len__(self) -> int:
         return len(self.scores)
+
+
+def time_stratified_auc(pred: dict[str, np.ndarray], buckets: int) -> float | None:
+    """AUC of the ``is_new`` samples per stream slice, weighted by their count per slice.
+
+    ``pred``: score [N], label [N], is_new [N] bool, in stream order.
+
+    A pooled prequential AUC also ranks early scores against late ones, made by a different
+    model. This averages AUCs that each compare samples scored at about the same time
+    (slices with one class are skipped).
+
+    >>> p = {"score": np.array([.9, .8, .3, .2]), "label": np.array([1, 0, 1, 0]),
+    ...      "is_new": np.array([True, True, True, True])}
+    >>> time_stratified_auc(p, 2)  # each half is ranked right; pooled it would be 0.75
+    1.0
+    """
+    total = weight = 0.0
+    for part in np.array_split(np.arange(len(pred["label"])), buckets):
+        mask = pred["is_new"][part]
+        auc = exact_auc(pred["score"][part][mask], pred["label"][part][mask])
+        if not math.isnan(auc):
+            total, weight = total + auc * mask.sum(), weight + mask.sum()
+    return round(float(total / weight), 6) if weight else None

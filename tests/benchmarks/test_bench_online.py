@@ -25,6 +25,8 @@ def test_auc_table_scores_each_warm_up_bucket_on_its_own_samples():
     assert math.isnan(table["3-4"])  # no samples
     # new = fewer than tau=3 earlier interactions: the first four samples
     assert table["new"] == 0.75  # 2 positives x 2 negatives: 3 of the 4 pairs in order
+    # 10 stream slices of at most one sample each: no slice has both classes
+    assert math.isnan(table["new_by_time"])
 
 
 def test_bench_online_tiny_run_prints_a_summary_and_writes_the_plot(tmp_path, capsys):

@@ -60,7 +60,12 @@ def test_quick_demo_runs_the_live_system_and_cleans_up(tmp_path):
     assert summary["freshness_p50_s"] is not None
     assert summary["freshness_p50_s"] <= summary["freshness_p99_s"]
     assert summary["active_version"] in summary["versions_published"]
-    for key in ("auc_all_idproxy", "auc_new_idproxy", "auc_all_id_only", "auc_new_id_only"):
-        assert 0.0 <= summary[key] <= 1.0
+    for variant in ("idproxy", "id_only"):
+        for key in ("auc_all", "auc_new", "auc_new_by_decile"):
+            assert 0.0 <= summary[f"{key}_{variant}"] <= 1.0
+    # the launch catalogue went first; the rest of the items were uploaded live
+    assert 0 < summary["catalogue_items"] < summary["items_uploaded"]
+    assert summary["live_items"] == summary["items_uploaded"] - summary["catalogue_items"]
+    assert summary["catalogue_servable_s"] is not None
     assert (run_dir / "auc_over_time.png").stat().st_size > 0
     assert (run_dir / "freshness.png").stat().st_size > 0
