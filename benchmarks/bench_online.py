@@ -105,11 +105,10 @@ def content_cache(settings: Settings, tiny: bool, head_seed: int = 0):
     """
     import torch
 
+    from benchmarks.bench_trainer import filled_cache
     from proxy_model.features import ContentFeaturizer
     from proxy_model.heads import CoarseHead
-    from streams.events import ItemFeaturesRecord, ProxyRecordEvent
     from trainer.content import movielens_token_states, pooled_features
-    from trainer.item_cache import ItemCache
 
     states = movielens_token_states(settings, quick=tiny)
     hidden = states.last.shape[-1]
@@ -120,20 +119,8 @@ def content_cache(settings: Settings, tiny: bool, head_seed: int = 0):
     with torch.no_grad():
         z, z_groups, _ = pooled_features(featurizer, states)
         p_coarse = coarse(z)
-    cache = ItemCache()
-    for row, item in enumerate(states.item_ids):
-        head = dict(item_id=str(item), encoder_version="bench", uploaded_at=0, produced_at=0)
-        cache.put_features(
-            str(item),
-            ItemFeaturesRecord(**head),
-            {"z": z[row].numpy(), "z_groups": z_groups[row].numpy()},
-        )
-        cache.put_proxy(
-            str(item),
-            ProxyRecordEvent(proxy_version="untrained", **head),
-            {"p_coarse": p_coarse[row].numpy()},
-        )
-    return cache, hidden
+    ids = [str(i) for i in states.item_ids]
+    return filled_cache(ids, z.numpy(), z_groups.numpy(), p_coarse.numpy()), hidden
 
 
 def replay(settings: Settings, variant: str, seed: int, hidden: int, cache, records, batch: int):

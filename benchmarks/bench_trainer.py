@@ -38,24 +38,38 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tiny", action="store_true", help="small sizes (smoke test)")
 
 
+def filled_cache(item_ids: list[str], z, z_groups, p_coarse):
+    """An ItemCache holding given content, as the trainer would after reading the topics.
+
+    z [N, D], z_groups [N, G, D], p_coarse [N, d] float32 numpy arrays, rows = ``item_ids``.
+    """
+    from streams.events import ItemFeaturesRecord, ProxyRecordEvent
+    from trainer.item_cache import ItemCache
+
+    cache = ItemCache()
+    for row, item in enumerate(item_ids):
+        head = dict(item_id=item, encoder_version="bench", uploaded_at=0, produced_at=0)
+        cache.put_features(
+            item, ItemFeaturesRecord(**head), {"z": z[row], "z_groups": z_groups[row]}
+        )
+        cache.put_proxy(
+            item, ProxyRecordEvent(proxy_version="bench", **head), {"p_coarse": p_coarse[row]}
+        )
+    return cache
+
+
 def _world(args, settings):
     import numpy as np
 
-    from streams.events import ItemFeaturesRecord, ProxyRecordEvent, TrainingSample, to_json
-    from trainer.item_cache import ItemCache
+    from streams.events import TrainingSample, to_json
 
     rng = np.random.default_rng(0)
     d, groups = settings.model.id_dim, settings.model.n_layer_groups
-    cache = ItemCache()
-    for i in range(args.items):
-        fh = ItemFeaturesRecord(item_id=str(i), encoder_version="e", uploaded_at=0, produced_at=0)
-        zg = rng.standard_normal((groups, args.hidden)).astype(np.float32)
-        cache.put_features(str(i), fh, {"z": zg.mean(0), "z_groups": zg})
-        ph = ProxyRecordEvent(
-            item_id=str(i), proxy_version="p", encoder_version="e", uploaded_at=0, produced_at=0
-        )
-        pc = rng.standard_normal(d).astype(np.float32)
-        cache.put_proxy(str(i), ph, {"p_coarse": pc / np.linalg.norm(pc)})
+    z_groups = rng.standard_normal((args.items, groups, args.hidden)).astype(np.float32)
+    p_coarse = rng.standard_normal((args.items, d)).astype(np.float32)
+    p_coarse /= np.linalg.norm(p_coarse, axis=1, keepdims=True)
+    ids = [str(i) for i in range(args.items)]
+    cache = filled_cache(ids, z_groups.mean(1), z_groups, p_coarse)
     pick = random.Random(0)
     history: dict[str, list[str]] = {}
     counts = [0] * args.items

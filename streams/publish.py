@@ -86,7 +86,8 @@ def movielens_events(
         while u < len(uploads) and (uploads[u][1] <= ts or uploads[u][0] == item):
             up_item, up_ts = uploads[u]
             u += 1
-            if part != ("stream" if up_ts == start else "catalogue"):
+            in_catalogue = up_ts == start
+            if part == "all" or (part == "catalogue") == in_catalogue:
                 title = data.item_title[up_item]
                 text = data.item_text(up_item)[len(title) :].strip(" .")
                 event = ItemUploaded(
