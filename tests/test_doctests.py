@@ -20,6 +20,7 @@ MODULES = [
     "streams.processor",
     "trainer.growing_embedding",
     "benchmarks.bench_online",
+    "streams.fast_decode",
 ]
 
 

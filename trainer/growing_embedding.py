@@ -16,12 +16,24 @@ whose forward pass used that row (target or history item): its updates, used for
 
 from __future__ import annotations
 
+from array import array
 from collections.abc import Sequence
 
 import torch
 from torch import nn
 
 INIT_STD = 0.01
+
+
+def int64_tensor(values: Sequence[int]) -> torch.Tensor:
+    """A list of ints -> LongTensor [len]; ~8x faster than ``torch.tensor(list)``.
+
+    >>> int64_tensor([3, 1]).tolist(), int64_tensor([]).shape
+    ([3, 1], torch.Size([0]))
+    """
+    if not values:
+        return torch.zeros(0, dtype=torch.long)
+    return torch.frombuffer(array("q", values), dtype=torch.long)
 
 
 class GrowingEmbedding(nn.Module):
@@ -70,25 +82,34 @@ class GrowingEmbedding(nn.Module):
     def rows(self, ids: Sequence[str], grow: bool = True) -> torch.Tensor:
         """ids -> rows [len(ids)]; unknown ids get new rows (or 0 when ``grow`` is False)."""
         index = self.index
-        out = [index.get(i, 0) for i in ids]
-        if grow and 0 in out:
+        out = list(map(index.get, ids))  # None = unknown
+        if None in out:
             for k, i in enumerate(ids):
-                if out[k] == 0:
+                if out[k] is None:
                     row = index.get(i)
-                    if row is None:
+                    if row is None and grow:
                         self.ids.append(i)
                         row = index[i] = len(self.ids)
-                    out[k] = row
+                    out[k] = row or 0
         if len(self.ids) + 1 > self.capacity:
             self.grow_to(len(self.ids) + 1)
-        return torch.tensor(out, dtype=torch.long)
+        return int64_tensor(out)
 
-    def count(self, rows: torch.Tensor) -> None:
-        """Adds one update to each distinct non-padding row in ``rows`` (any shape)."""
-        # read-add-write through advanced indexing: repeated rows all write the same old + 1,
-        # so each distinct row gains exactly one (cheaper than torch.unique's sort)
-        self.counts[rows.reshape(-1)] += 1
-        self.counts[0] = 0
+    def count(self, *rows: torch.Tensor) -> None:
+        """Adds one update to each distinct non-padding row found in ``rows`` (any shapes).
+
+        >>> t = GrowingEmbedding(dim=2, capacity=4)
+        >>> t.rows(["a", "b"]).tolist()
+        [1, 2]
+        >>> t.count(torch.tensor([1, 1, 2]), torch.tensor([[2, 0]]))  # row 2 twice: one update
+        >>> t.counts.tolist()
+        [0, 1, 1, 0]
+        """
+        used = torch.zeros(len(self.counts), dtype=torch.bool, device=self.counts.device)
+        for r in rows:
+            used[r] = True
+        used[0] = False
+        self.counts += used
 
     def forward(self, rows: torch.Tensor) -> torch.Tensor:
         """rows [*] -> [*, d]; row 0 gives zeros."""

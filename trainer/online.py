@@ -39,8 +39,11 @@ import torch.nn.functional as F
 from kafka.errors import KafkaError
 
 from idproxy.settings import Settings
+from streams.events import EventError, TrainingSample
+from streams.fast_decode import fast_decoder
 from streams.lifecycle import commit_or_log, stop_signals
 from trainer.checkpoint import CheckpointDir, Predictions, load_optimizer, model_state
+from trainer.growing_embedding import int64_tensor
 from trainer.item_cache import REPROXY_PREFIX, ContentReader, ItemCache, partitions_for
 from trainer.online_model import Batch, OnlineRanker, OnlineShape, Variant
 from trainer.streaming_metrics import WindowedAUC, exact_auc
@@ -67,8 +70,20 @@ class RecentIds:
         self.order.append(sample_id)
         self.members.add(sample_id)
 
-    def __contains__(self, sample_id: str) -> bool:
-        return sample_id in self.members
+    def keep_new(self, samples: list) -> list:
+        """The samples whose ``sample_id`` is not here yet (in order); adds their ids."""
+        order, members, size = self.order, self.members, self.order.maxlen
+        fresh = []
+        for s in samples:
+            sid = s.sample_id
+            if sid in members:
+                continue
+            if len(order) == size:
+                members.discard(order[0])
+            order.append(sid)
+            members.add(sid)
+            fresh.append(s)
+        return fresh
 
 
 class BatchBuilder:
@@ -113,15 +128,21 @@ class BatchBuilder:
     def build(self, samples: list) -> Batch:
         m, h = self.model, self.history_len
         n = len(samples)
-        users = m.user_table.rows([s.user_id for s in samples])
-        hists = [s.history[-h:] for s in samples]
-        # one lookup for targets and history: rows [n + sum(len(hist))]
-        rows = m.item_table.rows([s.item_id for s in samples] + [i for x in hists for i in x])
+        # one pass over the samples; one lookup for targets and history
+        user_ids, item_ids, flat_ids, lengths, labels = [], [], [], [], []
+        for s in samples:
+            user_ids.append(s.user_id)
+            item_ids.append(s.item_id)
+            hist = s.history if len(s.history) <= h else s.history[-h:]
+            flat_ids += hist
+            lengths.append(len(hist))
+            labels.append(s.label)
+        users = m.user_table.rows(user_ids)
+        rows = m.item_table.rows(item_ids + flat_ids)  # [n + sum(lengths)]
         items, flat = rows[:n], rows[n:]
-        lengths = torch.tensor([len(x) for x in hists])
         history = torch.zeros(n, h, dtype=torch.long)
-        history[torch.arange(h)[None, :] < lengths[:, None]] = flat
-        labels = torch.tensor([s.label for s in samples], dtype=torch.float32)
+        history[torch.arange(h)[None, :] < int64_tensor(lengths)[:, None]] = flat
+        labels = int64_tensor(labels).float()
         batch = Batch(users, items, history, labels)
         if m.variant == "idproxy":
             self._sync()
@@ -142,7 +163,7 @@ def train_step(model: OnlineRanker, optimizer: torch.optim.Optimizer, batch: Bat
     loss.backward()
     optimizer.step()
     model.user_table.count(batch.users)
-    model.item_table.count(torch.cat([batch.items[:, None], batch.history], dim=1))
+    model.item_table.count(batch.items, batch.history)
     return torch.sigmoid(logits.detach())
 
 
@@ -197,6 +218,7 @@ class TrainerCore:
         self.metrics_new = WindowedAUC(t.eval_window)
         self.predictions = Predictions()
         self.recent = RecentIds(t.dedup_window)
+        self.decode = fast_decoder(TrainingSample)
         self.samples = 0
         self.new_samples = 0
         self.batches = 0
@@ -208,26 +230,29 @@ class TrainerCore:
         log.warning("rejected sample at %d@%d: %s", message.partition, message.offset, reason)
 
     def _parse(self, messages: list) -> list:
-        from streams.events import EventError, TrainingSample, parse_json
-
-        samples = []
-        recent, offsets = self.recent, self.offsets
+        """Records -> new samples (decoded by the compiled decoder; duplicates dropped)."""
+        decoded = []
+        decode, offsets = self.decode, self.offsets
         for m in messages:
             offsets[m.partition] = m.offset + 1
             try:
-                s = parse_json(m.value, TrainingSample)
+                decoded.append(decode(m.value))
             except EventError as exc:
                 self._reject(m, str(exc))
-                continue
-            if s.sample_id not in recent:
-                recent.add(s.sample_id)
-                samples.append(s)
-        return samples
+        return self.recent.keep_new(decoded)
 
-    def is_new(self, sample) -> bool:
+    def outcomes(self, samples: list) -> tuple[list[int], list[bool], list[float]]:
+        """Per sample: label, is-new (< τ interactions before it, or younger than the
+        age limit) and time (s), in one pass."""
         t = self.settings.trainer
-        young = sample.item_age_s is not None and sample.item_age_s < t.new_item_age_s
-        return sample.item_interactions < t.new_item_interactions or young
+        tau, max_age = t.new_item_interactions, t.new_item_age_s
+        labels, new, ts = [], [], []
+        for s in samples:
+            labels.append(s.label)
+            age = s.item_age_s
+            new.append(s.item_interactions < tau or (age is not None and age < max_age))
+            ts.append(s.ts)
+        return labels, new, ts
 
     def process(self, messages: list) -> int:
         """Parses, scores (prequential) and trains on one batch; returns samples trained."""
@@ -235,16 +260,16 @@ class TrainerCore:
         if not samples:
             return 0
         batch = self.builder.build(samples)
-        self.model.train()
+        if not self.model.training:  # train() walks every module: ~40 µs, so only if needed
+            self.model.train()
         probs = train_step(self.model, self.optimizer, batch).tolist()
-        labels = [s.label for s in samples]
-        new = [self.is_new(s) for s in samples]
+        labels, new, ts = self.outcomes(samples)
         self.metrics_all.update(probs, labels)
         self.metrics_new.update(
             [p for p, n in zip(probs, new, strict=True) if n],
             [y for y, n in zip(labels, new, strict=True) if n],
         )
-        self.predictions.extend(probs, labels, new, [s.ts for s in samples])
+        self.predictions.extend(probs, labels, new, ts)
         self.samples += len(samples)
         self.new_samples += sum(new)
         self.batches += 1

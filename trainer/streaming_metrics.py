@@ -55,9 +55,9 @@ class WindowedAUC:
         scores, ys = list(map(float, probabilities)), list(map(int, labels))
         if len(scores) != len(ys):
             raise ValueError(f"{len(scores)} predictions for {len(ys)} labels")
-        bad = [p for p in scores if not math.isfinite(p)]
-        if bad:
-            raise ValueError(f"non-finite prediction {bad[0]}")
+        if not all(map(math.isfinite, scores)):
+            bad = next(p for p in scores if not math.isfinite(p))
+            raise ValueError(f"non-finite prediction {bad}")
         self.scores.extend(scores)
         self.labels.extend(ys)
         self.seen += len(scores)
