@@ -1,0 +1,49 @@
+"""`idproxy bench trainer`: both loops train the same model, and the summary is well formed."""
+
+import argparse
+import json
+
+import pytest
+import torch
+
+from benchmarks import bench_trainer
+from idproxy.settings import Settings
+
+
+def _tiny_args(**overrides) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    bench_trainer.add_arguments(parser)
+    args = parser.parse_args(["--tiny"])
+    args.samples, args.users, args.items, args.hidden = 600, 40, 60, 16
+    for key, value in overrides.items():
+        setattr(args, key, value)
+    return args
+
+
+@pytest.mark.parametrize("variant", ["idproxy", "id-only"])
+def test_trainer_loop_and_bare_loop_train_the_same_model(variant):
+    """The ratio compares like with like: same batches, same steps, same weights after."""
+    settings = Settings()
+    args = _tiny_args()
+    cache, records = bench_trainer.world(args, settings)
+    size = settings.trainer.online_batch_size
+    chunks = [records[k : k + size] for k in range(0, len(records), size)]
+    _, trained = bench_trainer.trainer_loop(settings, variant, args.hidden, cache, chunks)
+    _, bare = bench_trainer.bare_loop(settings, variant, args.hidden, cache, chunks)
+    trained_state, bare_state = trained.state_dict(), bare.state_dict()
+    assert trained_state.keys() == bare_state.keys()
+    for name, value in trained_state.items():
+        if name.endswith("counts"):  # update counts are trainer bookkeeping
+            continue
+        torch.testing.assert_close(value, bare_state[name], msg=name)
+
+
+def test_summary_reports_paired_ratios(capsys):
+    settings = Settings()
+    assert bench_trainer.run(_tiny_args(repeats=2), settings) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    for key in ("idproxy", "id_only"):
+        low, high = summary[f"{key}_ratio_range"]
+        assert 0 < low <= summary[f"{key}_ratio"] <= high
+        assert summary[f"{key}_trainer_sps"] > 0 and summary[f"{key}_bare_sps"] > 0
+    assert summary["goal_met"] == (min(summary["idproxy_ratio"], summary["id_only_ratio"]) >= 0.8)
