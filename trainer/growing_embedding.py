@@ -25,15 +25,20 @@ from torch import nn
 INIT_STD = 0.01
 
 
-def int64_tensor(values: Sequence[int]) -> torch.Tensor:
-    """A list of ints -> LongTensor [len]; ~8x faster than ``torch.tensor(list)``.
+_TYPECODES = {torch.long: "q", torch.float32: "f"}
 
-    >>> int64_tensor([3, 1]).tolist(), int64_tensor([]).shape
-    ([3, 1], torch.Size([0]))
+
+def list_tensor(values: Sequence[float], dtype: torch.dtype = torch.long) -> torch.Tensor:
+    """A list of numbers -> 1-d tensor (long or float32); ~8x faster than ``torch.tensor``.
+
+    >>> list_tensor([3, 1]).tolist(), list_tensor([1, 0], torch.float32).tolist()
+    ([3, 1], [1.0, 0.0])
+    >>> list_tensor([]).shape
+    torch.Size([0])
     """
     if not values:
-        return torch.zeros(0, dtype=torch.long)
-    return torch.frombuffer(array("q", values), dtype=torch.long)
+        return torch.zeros(0, dtype=dtype)
+    return torch.frombuffer(array(_TYPECODES[dtype], values), dtype=dtype)
 
 
 class GrowingEmbedding(nn.Module):
@@ -93,7 +98,7 @@ class GrowingEmbedding(nn.Module):
                     out[k] = row or 0
         if len(self.ids) + 1 > self.capacity:
             self.grow_to(len(self.ids) + 1)
-        return int64_tensor(out)
+        return list_tensor(out)
 
     def count(self, *rows: torch.Tensor) -> None:
         """Adds one update to each distinct non-padding row found in ``rows`` (any shapes).

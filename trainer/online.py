@@ -43,7 +43,7 @@ from streams.events import EventError, TrainingSample
 from streams.fast_decode import fast_decoder
 from streams.lifecycle import commit_or_log, stop_signals
 from trainer.checkpoint import CheckpointDir, Predictions, load_optimizer, model_state
-from trainer.growing_embedding import int64_tensor
+from trainer.growing_embedding import list_tensor
 from trainer.item_cache import REPROXY_PREFIX, ContentReader, ItemCache, partitions_for
 from trainer.online_model import Batch, OnlineRanker, OnlineShape, Variant
 from trainer.streaming_metrics import WindowedAUC, exact_auc
@@ -98,6 +98,7 @@ class BatchBuilder:
         self.model = model
         self.cache = cache
         self.history_len = history_len
+        self.positions = torch.arange(history_len)  # [h]
         self.synced_rows = 0  # rows 1..synced_rows have been filled
         self.cursor = 0  # position in cache.changes
         if model.variant == "idproxy":
@@ -140,9 +141,9 @@ class BatchBuilder:
         users = m.user_table.rows(user_ids)
         rows = m.item_table.rows(item_ids + flat_ids)  # [n + sum(lengths)]
         items, flat = rows[:n], rows[n:]
-        history = torch.zeros(n, h, dtype=torch.long)
-        history[torch.arange(h)[None, :] < int64_tensor(lengths)[:, None]] = flat
-        labels = int64_tensor(labels).float()
+        filled = self.positions < list_tensor(lengths)[:, None]  # [n, h]
+        history = torch.zeros(n, h, dtype=torch.long).masked_scatter_(filled, flat)
+        labels = list_tensor(labels, torch.float32)
         batch = Batch(users, items, history, labels)
         if m.variant == "idproxy":
             self._sync()

@@ -52,7 +52,7 @@ class WindowedAUC:
         self.seen = 0
 
     def update(self, probabilities: Iterable[float], labels: Iterable[int]) -> None:
-        scores, ys = list(map(float, probabilities)), list(map(int, labels))
+        scores, ys = list(probabilities), list(labels)  # floats / 0-1 ints (any numeric type)
         if len(scores) != len(ys):
             raise ValueError(f"{len(scores)} predictions for {len(ys)} labels")
         if not all(map(math.isfinite, scores)):
