@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from trainer.streaming_metrics import exact_auc, time_stratified_auc
+from trainer.streaming_metrics import auc_per_slice, time_stratified_auc
 
 VARIANTS = ("idproxy", "id-only")
 
@@ -35,12 +35,13 @@ def auc_over_time(pred: dict[str, np.ndarray], buckets: int) -> dict[str, list[f
     >>> auc_over_time(p, 1)
     {'new': [1.0], 'warm': [1.0]}
     """
-    out: dict[str, list[float | None]] = {"new": [], "warm": []}
-    for part in np.array_split(np.arange(len(pred["label"])), buckets):
-        for name, mask in (("new", pred["is_new"][part]), ("warm", ~pred["is_new"][part])):
-            auc = exact_auc(pred["score"][part][mask], pred["label"][part][mask])
-            out[name].append(None if math.isnan(auc) else round(auc, 4))
-    return out
+    return {
+        name: [
+            None if math.isnan(auc) else round(auc, 4)
+            for auc, _ in auc_per_slice(pred, buckets, select)
+        ]
+        for name, select in (("new", pred["is_new"]), ("warm", ~pred["is_new"]))
+    }
 
 
 def percentile(values: list[float], q: float) -> float | None:

@@ -76,6 +76,26 @@ class WindowedAUC:
         return len(self.scores)
 
 
+def auc_per_slice(
+    pred: dict[str, np.ndarray], buckets: int, select: np.ndarray
+) -> list[tuple[float, int]]:
+    """(AUC, count) of the ``select``-ed samples in each of ``buckets`` consecutive slices.
+
+    ``pred``: score [N], label [N] in stream order; ``select`` [N] bool. The AUC is NaN in a
+    slice with one class.
+
+    >>> p = {"score": np.array([.9, .8, .3, .2]), "label": np.array([1, 0, 1, 0])}
+    >>> auc_per_slice(p, 2, np.array([True, True, True, False]))
+    [(1.0, 2), (nan, 1)]
+    """
+    out = []
+    for part in np.array_split(np.arange(len(pred["label"])), buckets):
+        mask = select[part]
+        auc = exact_auc(pred["score"][part][mask], pred["label"][part][mask])
+        out.append((auc, int(mask.sum())))
+    return out
+
+
 def time_stratified_auc(pred: dict[str, np.ndarray], buckets: int) -> float | None:
     """AUC of the ``is_new`` samples per stream slice, weighted by their count per slice.
 
@@ -90,10 +110,6 @@ def time_stratified_auc(pred: dict[str, np.ndarray], buckets: int) -> float | No
     >>> time_stratified_auc(p, 2)  # each half is ranked right; pooled it would be 0.75
     1.0
     """
-    total = weight = 0.0
-    for part in np.array_split(np.arange(len(pred["label"])), buckets):
-        mask = pred["is_new"][part]
-        auc = exact_auc(pred["score"][part][mask], pred["label"][part][mask])
-        if not math.isnan(auc):
-            total, weight = total + auc * mask.sum(), weight + mask.sum()
-    return round(float(total / weight), 6) if weight else None
+    slices = [(a, n) for a, n in auc_per_slice(pred, buckets, pred["is_new"]) if not math.isnan(a)]
+    weight = sum(n for _, n in slices)
+    return round(sum(a * n for a, n in slices) / weight, 6) if weight else None

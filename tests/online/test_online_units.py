@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import ast
 import pathlib
+from collections import namedtuple
 
 import torch
 
-from tests.online.synthetic import samples
+from idproxy.settings import Settings
+from tests.online.synthetic import sample_messages, samples
 from trainer.checkpoint import CheckpointDir, Predictions, load_optimizer, model_state
 from trainer.growing_embedding import GrowingEmbedding
 from trainer.item_cache import ItemCache
-from trainer.online import BatchBuilder, attach_optimizer, train_step
+from trainer.online import BatchBuilder, TrainerCore, attach_optimizer, train_step
 from trainer.online_model import OnlineRanker, OnlineShape
 
 
@@ -138,3 +140,20 @@ def test_item_cache_takes_reproxy_records_only_for_items_it_has_no_coarse_proxy_
     fresh = np.full(4, 2.0, np.float32)
     cache.put_proxy("b", header("reproxy-ckpt-1", 12.0), {"p_coarse": fresh})
     assert cache.items["b"].p_coarse.tolist() == fresh.tolist()
+
+
+def test_trainer_core_rejects_bad_records_drops_repeats_and_moves_past_both():
+    Record = namedtuple("Record", "value partition offset")
+    model, builder = _model("id-only")
+    core = TrainerCore(Settings(), model, attach_optimizer(model, 1e-2), builder.cache)
+    good = [value for _, value in sample_messages(samples(20, n_users=5, n_items=8))]
+    bad = [b"not json", b"\xff{", b'{"sample_id": "s", "label": 3}', None]
+    values = good[:10] + bad + good[10:] + good[:5]  # the last 5 repeat earlier samples
+    rejected = []
+    core._reject = lambda message, reason: rejected.append((message.offset, reason))
+    trained = core.process([Record(v, 0, k) for k, v in enumerate(values)])
+    assert trained == 20 and core.samples == 20
+    assert [offset for offset, _ in rejected] == [10, 11, 12, 13]
+    assert all(reason for _, reason in rejected)
+    assert core.offsets == {0: len(values)}  # the next offset is past the bad and the repeats
+    assert int(model.item_table.counts.sum()) > 0
