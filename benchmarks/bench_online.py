@@ -20,6 +20,12 @@ given per bucket of the item's earlier interactions (0, 1–2, 3–4, 5–9, 10�
 which shows how the advantage changes as items warm up. Writes ``results.json`` and
 ``auc_by_interactions.png`` under ``<run_dir>/bench-online-<time>/`` and ends with one JSON line.
 
+``--split F --stage1`` runs the paper's setting instead of an untrained φ: an id-only ranker
+learns on the first F of the stream, φ is fitted offline (Stage 1, PAL) on its item rows
+with ≥ τ updates, and both variants are then replayed from the start with that φ and
+scored on the rest of the stream only. ``--split F`` alone scores the same part with the
+untrained φ, the baseline to compare with.
+
 Caveat: a pooled prequential AUC mixes scores of a model that changes over time. Items that
 debut late in ML-100K are rated lower on average and get scored by a later, better-calibrated
 model, so the k = 0 bucket sits below 0.5 for both variants. The paired difference on the
@@ -55,6 +61,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seeds", default="0,1,2,3,4", help="comma-separated ranker seeds")
     parser.add_argument("--ratings", type=int, default=0, help="first N ratings (0 = all)")
     parser.add_argument("--tiny", action="store_true", help="tiny random encoder (tests)")
+    parser.add_argument(
+        "--split",
+        type=float,
+        default=0.0,
+        metavar="FRACTION",
+        help="score only the ratings after the first FRACTION of the stream (0 = all)",
+    )
+    parser.add_argument(
+        "--stage1",
+        action="store_true",
+        help="fit φ offline (Stage 1) on the ID table an id-only ranker learns from the part "
+        "before --split, as the paper does on a mature table (default: untrained φ)",
+    )
 
 
 def bucket_label(lo: int, hi: int | None) -> str:
@@ -98,14 +117,14 @@ def replay_records(ratings: int, history_len: int) -> tuple[list[Record], list[i
     return records, interactions
 
 
-def content_cache(settings: Settings, tiny: bool, head_seed: int = 0):
-    """ItemCache with z, z_groups (untrained g) and p_coarse (seeded, untrained φ) per item.
+def content_features(settings: Settings, tiny: bool, head_seed: int = 0):
+    """-> (item ids, z [N, D], z_groups [N, G, D], φ) as a worker computes them at start-up:
+    real token states (cached), untrained g (masked mean), a seeded untrained coarse head φ.
 
     ``head_seed`` 0 is the seed of a worker's ProxyService when no bundle exists.
     """
     import torch
 
-    from benchmarks.bench_trainer import filled_cache
     from proxy_model.features import ContentFeaturizer
     from proxy_model.heads import CoarseHead
     from trainer.content import movielens_token_states, pooled_features
@@ -118,25 +137,68 @@ def content_cache(settings: Settings, tiny: bool, head_seed: int = 0):
     coarse = CoarseHead(hidden, m.id_dim, m.coarse_hidden)
     with torch.no_grad():
         z, z_groups, _ = pooled_features(featurizer, states)
+    return [str(i) for i in states.item_ids], z, z_groups, coarse
+
+
+def content_cache(ids: list[str], z, z_groups, coarse):
+    """ItemCache with z, z_groups and p_coarse = φ(z) per item (rows = ``ids``)."""
+    import torch
+
+    from benchmarks.bench_trainer import filled_cache
+
+    with torch.no_grad():
         p_coarse = coarse(z)
-    ids = [str(i) for i in states.item_ids]
-    return filled_cache(ids, z.numpy(), z_groups.numpy(), p_coarse.numpy()), hidden
+    return filled_cache(ids, z.numpy(), z_groups.numpy(), p_coarse.numpy())
 
 
-def replay(settings: Settings, variant: str, seed: int, hidden: int, cache, records, batch: int):
-    """One prequential pass -> (scores, labels) as numpy arrays in stream order."""
-    from benchmarks.bench_trainer import _model
+def stage1_on_learned_ids(settings: Settings, ids, z, coarse, records, hidden: int, seed: int):
+    """The paper's offline Stage 1 on a mature ID table -> (fitted copy of φ, fit report).
+
+    An id-only online ranker learns on ``records`` (the stream's first part); its item rows
+    with ≥ τ updates, ℓ2-normalised, are the targets; φ is fitted on all of them with PAL
+    (``settings.stage1``), starting from ``coarse``. The report gives the number of targets
+    and the in-sample recall@10 of each item's own row before and after the fit.
+    """
+    import copy
+
+    import torch
+
+    from proxy_model.alignment import preprocess_id_embeddings
+    from proxy_model.stage1 import alignment_report, fit_coarse_head
+    from trainer.content import stage1_config
+
+    model, _ = replay_model(settings, "id-only", seed, hidden, None, records)
+    table_ids, weight, counts = model.item_table.snapshot()
+    row = {item: r for r, item in enumerate(table_ids)}
+    have = [k for k, item in enumerate(ids) if item in row]
+    picked = [row[ids[k]] for k in have]
+    kept, targets = preprocess_id_embeddings(
+        weight[picked], counts[picked], settings.stage1.min_updates
+    )
+    z_kept, own = z[have][kept], torch.arange(len(kept))
+    fitted = copy.deepcopy(coarse)
+    fit_coarse_head(fitted, z_kept, targets, stage1_config(settings, seed), progress=False)
+    with torch.no_grad():
+        before = alignment_report(coarse(z_kept), targets, own).recall_at_k
+        after = alignment_report(fitted(z_kept), targets, own).recall_at_k
+    report = {"targets": len(kept), "recall_at_10_before": before, "recall_at_10_after": after}
+    return fitted, {k: round(v, 4) if isinstance(v, float) else v for k, v in report.items()}
+
+
+def replay_model(settings: Settings, variant: str, seed: int, hidden: int, cache, records):
+    """One prequential pass through ``TrainerCore`` -> (trained OnlineRanker, predictions:
+    score [N], label [N], is_new [N], ts [N] in stream order)."""
+    from benchmarks.bench_trainer import model_and_optimizer
+    from trainer.item_cache import ItemCache
     from trainer.online import TrainerCore
 
-    seeded = settings.model_copy(
-        update={"trainer": settings.trainer.model_copy(update={"online_seed": seed})}
-    )
-    model, optimizer = _model(seeded, variant, hidden)
-    core = TrainerCore(seeded, model, optimizer, cache)
-    for start in range(0, len(records), batch):
-        core.process(records[start : start + batch])
-    arrays = core.predictions.arrays()
-    return arrays["score"], arrays["label"]
+    t = settings.trainer
+    seeded = settings.model_copy(update={"trainer": t.model_copy(update={"online_seed": seed})})
+    model, optimizer = model_and_optimizer(seeded, variant, hidden)
+    core = TrainerCore(seeded, model, optimizer, cache if cache is not None else ItemCache())
+    for start in range(0, len(records), t.online_batch_size):
+        core.process(records[start : start + t.online_batch_size])
+    return model, core.predictions.arrays()
 
 
 def auc_table(scores, labels, interactions, tau: int) -> dict[str, float]:
@@ -174,7 +236,7 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(finite), (statistics.stdev(finite) if len(finite) > 1 else 0.0)
 
 
-def _plot(path: Path, summary: dict, seeds: int) -> None:
+def _plot(path: Path, summary: dict, seeds: int, scope: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -191,7 +253,7 @@ def _plot(path: Path, summary: dict, seeds: int) -> None:
     ax.set_xticks(range(len(labels)), labels)
     ax.set_xlabel("item's earlier interactions when the sample was scored")
     ax.set_ylabel("prequential AUC")
-    ax.set_title(f"Online ranker on MovieLens-100K, mean ± std over {seeds} seeds")
+    ax.set_title(f"Online ranker on MovieLens-100K, mean ± std over {seeds} seeds\n{scope}")
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -210,15 +272,33 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     t = settings.trainer
     torch.set_num_threads(t.threads)
     started = time.time()
+    if not 0.0 <= args.split < 1.0:
+        raise SystemExit("--split: give a fraction in [0, 1)")
     records, interactions = replay_records(args.ratings, t.history_len)
-    cache, hidden = content_cache(settings, args.tiny)
+    ids, z, z_groups, coarse = content_features(settings, args.tiny)
+    hidden = z.shape[-1]
+    cut, stage1 = int(len(records) * args.split), None
+    if args.stage1:
+        if not cut:
+            raise SystemExit("--stage1 needs --split > 0: the ID table is learned before it")
+        print(f"stage 1: fitting φ on an id-only ranker's ID table after {cut:,} ratings")
+        coarse, stage1 = stage1_on_learned_ids(
+            settings, ids, z, coarse, records[:cut], hidden, seeds[0]
+        )
+        print(f"stage 1: {stage1}")
+    cache = content_cache(ids, z, z_groups, coarse)
     per_seed: dict[str, list[dict[str, float]]] = {v: [] for v in VARIANTS}
     jobs = [(seed, v) for seed in seeds for v in VARIANTS]
     for seed, variant in tqdm(jobs, desc="bench online", unit="replay"):
-        scores, labels = replay(
-            settings, variant, seed, hidden, cache, records, t.online_batch_size
+        _, pred = replay_model(settings, variant, seed, hidden, cache, records)
+        per_seed[variant].append(
+            auc_table(
+                pred["score"][cut:],
+                pred["label"][cut:],
+                interactions[cut:],
+                t.new_item_interactions,
+            )
         )
-        per_seed[variant].append(auc_table(scores, labels, interactions, t.new_item_interactions))
 
     keys = ["all", "new", "new_by_time"] + [bucket_label(lo, hi) for lo, hi in BUCKETS]
     summary = {v: {k: _mean_std([r[k] for r in per_seed[v]]) for k in keys} for v in VARIANTS}
@@ -226,9 +306,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         k: [a[k] - b[k] for a, b in zip(per_seed["idproxy"], per_seed["id-only"], strict=True)]
         for k in keys
     }
-    table = Table(
-        title=f"prequential AUC, {len(records):,} ratings, {len(seeds)} seeds (mean ± std)"
-    )
+    phi = f"φ fitted on the first {cut:,}" if stage1 else "untrained φ"
+    scope = f"ratings {cut + 1:,}–{len(records):,}" if cut else f"{len(records):,} ratings"
+    table = Table(title=f"prequential AUC, {scope}, {phi}, {len(seeds)} seeds (mean ± std)")
     for col in ("samples", "IDProxy", "ID only", "Δ paired", "seeds Δ > 0"):
         table.add_column(col)
     for k in keys:
@@ -258,6 +338,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         "seeds": seeds,
         "tiny": args.tiny,
         "adaptor_lr_scale": t.online_adaptor_lr_scale,
+        "evaluated_from": cut,
+        "stage1": stage1,
         "per_seed": per_seed,
         "delta_new_mean": round(_mean_std(deltas["new"])[0], 4),
         "delta_new_by_time_mean": round(_mean_std(deltas["new_by_time"])[0], 4),
@@ -267,6 +349,6 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         "run_dir": str(out),
     }
     (out / "results.json").write_text(json.dumps(result, indent=1))
-    _plot(out / "auc_by_interactions.png", summary, len(seeds))
+    _plot(out / "auc_by_interactions.png", summary, len(seeds), f"{scope}, {phi}")
     print(json.dumps({k: v for k, v in result.items() if k != "per_seed"}), flush=True)
     return 0

@@ -102,7 +102,8 @@ def world(args, settings):
     return cache, records
 
 
-def _model(settings, variant: str, hidden: int):
+def model_and_optimizer(settings, variant: str, hidden: int):
+    """A fresh OnlineRanker of ``variant`` with the trainer's settings, and its Adam."""
     from trainer.online import attach_optimizer
     from trainer.online_model import OnlineRanker, OnlineShape
 
@@ -125,7 +126,7 @@ def trainer_loop(settings, variant, hidden, cache, chunks):
     """-> (samples/s, trained model) of ``TrainerCore.process`` over the record chunks."""
     from trainer.online import TrainerCore
 
-    model, optimizer = _model(settings, variant, hidden)
+    model, optimizer = model_and_optimizer(settings, variant, hidden)
     core = TrainerCore(settings, model, optimizer, cache)
     started = time.perf_counter()
     for chunk in chunks:
@@ -141,7 +142,7 @@ def bare_loop(settings, variant, hidden, cache, chunks):
     from streams.events import TrainingSample
     from trainer.online import BatchBuilder
 
-    model, optimizer = _model(settings, variant, hidden)
+    model, optimizer = model_and_optimizer(settings, variant, hidden)
     builder = BatchBuilder(model, cache, settings.trainer.history_len)
     batches = [
         builder.build([TrainingSample.model_validate_json(r.value) for r in chunk])

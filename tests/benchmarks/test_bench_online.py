@@ -31,7 +31,7 @@ def test_auc_table_scores_each_warm_up_bucket_on_its_own_samples():
 
 def test_bench_online_tiny_run_prints_a_summary_and_writes_the_plot(tmp_path, capsys):
     settings = Settings(run_dir=str(tmp_path))
-    args = argparse.Namespace(seeds="0,1", ratings=1500, tiny=True)
+    args = argparse.Namespace(seeds="0,1", ratings=1500, tiny=True, split=0.0, stage1=False)
     assert bench_online.run(args, settings) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["bench"] == "online" and summary["ratings"] == 1500
@@ -45,3 +45,16 @@ def test_bench_online_tiny_run_prints_a_summary_and_writes_the_plot(tmp_path, ca
     # the two variants are different models on the same samples
     assert results["per_seed"]["idproxy"][0]["all"] != results["per_seed"]["id-only"][0]["all"]
     assert (out / "auc_by_interactions.png").stat().st_size > 0
+
+
+def test_stage1_fits_phi_on_rows_learned_before_the_split_and_scores_only_the_rest(
+    tmp_path, capsys
+):
+    settings = Settings(run_dir=str(tmp_path))
+    args = argparse.Namespace(seeds="0", ratings=3000, tiny=True, split=0.5, stage1=True)
+    assert bench_online.run(args, settings) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["evaluated_from"] == 1500
+    fit = summary["stage1"]
+    assert fit["targets"] >= 10  # items with >= tau updates in the first 1,500 ratings
+    assert fit["recall_at_10_after"] > fit["recall_at_10_before"]  # φ moved towards the rows
