@@ -116,7 +116,7 @@ class WorkerSettings(BaseModel):
     image_root: str | None = Field(
         None, description="Directory that image_path events may read from; None rejects paths"
     )
-    metrics_port: int = Field(0, description="Prometheus port on 127.0.0.1; 0 = off")
+    metrics_port: int = Field(0, description="Prometheus port (on metrics_host); 0 = off")
     group_id: str = "idproxy-workers"
 
 
@@ -209,6 +209,11 @@ class Settings(BaseSettings):
 
     run_dir: str = "runs"
     cache_dir: str = str(CACHE_DIR)
+    metrics_host: str = Field(
+        "127.0.0.1",
+        description="Bind address of the worker's and trainer's Prometheus endpoints "
+        "(0.0.0.0 lets another host or container scrape them)",
+    )
     model: ModelSettings = ModelSettings()
     stage1: Stage1Settings = Stage1Settings()
     kafka: KafkaSettings = KafkaSettings()

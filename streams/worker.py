@@ -66,7 +66,7 @@ class ProxyWorker:
         self.stats = WorkerStats()
         self.stopping = False
         self._announced: set[str] = set()
-        self._metrics = _Metrics(settings.worker.metrics_port)
+        self._metrics = _Metrics(settings.worker.metrics_port, settings.metrics_host)
 
     # ------------------------------------------------------------------ parsing
     def _content(self, message):
@@ -267,19 +267,15 @@ def _admin(settings: Settings, broker) -> dict:
 
 
 class _Metrics:
-    """Prometheus metrics on 127.0.0.1:port (off when port is 0)."""
+    """Prometheus metrics on host:port (off when port is 0); ``address`` is the bound one."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, host: str) -> None:
         self.enabled = port > 0
         if not self.enabled:
             return
-        from prometheus_client import (
-            CollectorRegistry,
-            Counter,
-            Gauge,
-            Histogram,
-            start_http_server,
-        )
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+        from idproxy.prometheus import serve_metrics
 
         self.registry = CollectorRegistry()
         self.items = Counter("idproxy_worker_items", "items proxied", registry=self.registry)
@@ -290,7 +286,7 @@ class _Metrics:
         self.lag = Gauge(
             "idproxy_worker_lag", "high watermark - committed offset", registry=self.registry
         )
-        start_http_server(port, addr="127.0.0.1", registry=self.registry)
+        self.address = serve_metrics(self.registry, port, host)
 
     def observe(self, worker: ProxyWorker, n_messages: int, seconds: float) -> None:
         if not self.enabled:

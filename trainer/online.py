@@ -321,7 +321,7 @@ class OnlineTrainer(TrainerCore):
         self.last_checkpoint: str | None = None
         self.proxy_version: str | None = None
         self.stopping = False
-        self._prom = _Metrics(metrics_port)
+        self._prom = _Metrics(metrics_port, settings.metrics_host)
         self._setup()
 
     # ------------------------------------------------------------------ setup
@@ -727,13 +727,15 @@ def save_fine_bundle(
 
 
 class _Metrics:
-    """Prometheus metrics on 127.0.0.1:port (off when port is 0)."""
+    """Prometheus metrics on host:port (off when port is 0); ``address`` is the bound one."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, host: str) -> None:
         self.enabled = port > 0
         if not self.enabled:
             return
-        from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+        from prometheus_client import CollectorRegistry, Counter, Gauge
+
+        from idproxy.prometheus import serve_metrics
 
         r = self.registry = CollectorRegistry()
         self.samples = Counter("idproxy_trainer_samples", "samples trained", registry=r)
@@ -744,7 +746,7 @@ class _Metrics:
         age = Gauge("idproxy_trainer_checkpoint_age_seconds", "since last checkpoint", registry=r)
         age.set_function(lambda: time.time() - self.ckpt_at)
         self.lag = Gauge("idproxy_trainer_lag", "samples high watermark - position", registry=r)
-        start_http_server(port, addr="127.0.0.1", registry=r)
+        self.address = serve_metrics(r, port, host)
 
     def checkpointed(self) -> None:
         if self.enabled:
