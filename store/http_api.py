@@ -178,12 +178,14 @@ def _handler(api: ProxyApi) -> type[BaseHTTPRequestHandler]:
                     HTTPStatus.BAD_REQUEST,
                     {"error": "bad_request", "reason": str(exc)},
                 )
-            body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+            if isinstance(payload, bytes):  # the /metrics exposition
+                body, kind = payload, CONTENT_TYPE_LATEST
+            else:
+                body, kind = json.dumps(payload).encode(), "application/json"
             # counted before the reply goes out: a client that reads /metrics right after
             # its answer must see its own request (the server is threaded)
             api.requests.labels(route, str(int(status))).inc()
             api.latency.labels(route).observe(time.perf_counter() - start)
-            kind = CONTENT_TYPE_LATEST if isinstance(payload, bytes) else "application/json"
             self._send(status, body, kind)
 
         def do_GET(self) -> None:

@@ -33,6 +33,7 @@ streams.events.EventError: invalid TrainingSample: user_id: Field required
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import cache
 from typing import Annotated, Any
 
 import annotated_types
@@ -61,6 +62,7 @@ def _field_type(name: str, annotation: Any, metadata: list) -> Any:
     return Annotated[annotation, msgspec.Meta(**bounds)] if bounds else annotation
 
 
+@cache  # one Struct class per model, however many decoders are made
 def struct_for(model: type[BaseModel]) -> type[msgspec.Struct]:
     """A frozen msgspec Struct with ``model``'s fields, defaults and numeric/length bounds.
 

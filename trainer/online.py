@@ -59,16 +59,8 @@ class RecentIds:
     """A bounded set of recent sample ids (FIFO eviction) for de-duplication."""
 
     def __init__(self, size: int, ids: list[str] | None = None) -> None:
-        self.order: deque[str] = deque(maxlen=size)
-        self.members: set[str] = set()
-        for i in ids or []:
-            self.add(i)
-
-    def add(self, sample_id: str) -> None:
-        if len(self.order) == self.order.maxlen:
-            self.members.discard(self.order[0])
-        self.order.append(sample_id)
-        self.members.add(sample_id)
+        self.order: deque[str] = deque(ids or [], maxlen=size)  # the newest ``size`` ids
+        self.members: set[str] = set(self.order)
 
     def keep_new(self, samples: list) -> list:
         """The samples whose ``sample_id`` is not here yet (in order); adds their ids."""
