@@ -3,11 +3,18 @@
 Both sides train the same model (same seed, same settings) on the same mini-batches held
 in memory:
 
-* **trainer loop** — ``trainer.online.TrainerCore.process``: JSON parsing and validation of
-  each TrainingSample, de-duplication, ID-table growth, content gathering from the item
-  cache, the forward/backward/Adam step, windowed AUC/LogLoss and the prediction stream;
+* **trainer loop** — ``trainer.online.TrainerCore.feed`` as the trainer runs it: the sample
+  decoder (JSON parsing and validation of each TrainingSample, de-duplication, id -> row;
+  by default in its helper process, decoding batch k+1 while batch k trains), ID-table
+  growth, content gathering from the item cache, the forward/backward/Adam step, windowed
+  AUC/LogLoss and the prediction stream;
 * **bare loop** — the batches pre-built as tensors, then only forward, BCE, backward and
   ``optimizer.step()``.
+
+``--decoder inline|process`` picks the sample decoder (default: the setting
+``IDPROXY_TRAINER_SAMPLE_DECODER``). The helper process uses a second core: on a machine
+with one core, or with ``IDPROXY_TRAINER_THREADS`` torch threads busy on every core, the
+inline decoder is the fair figure.
 
 Kafka polling and checkpoints are not in either number (checkpoints are every N batches
 and are measured by the trainer's own logs). Sizes default to MovieLens-100K (943 users,
@@ -40,6 +47,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--items", type=int, default=1682)
     parser.add_argument("--hidden", type=int, default=576, help="D of the cached features")
     parser.add_argument("--repeats", type=int, default=5, help="interleaved repeats (median)")
+    parser.add_argument(
+        "--decoder",
+        choices=("process", "inline"),
+        default=None,
+        help="sample decoder of the trainer loop (default: the trainer setting)",
+    )
     parser.add_argument("--tiny", action="store_true", help="small sizes (smoke test)")
 
 
@@ -123,15 +136,23 @@ def model_and_optimizer(settings, variant: str, hidden: int):
 
 
 def trainer_loop(settings, variant, hidden, cache, chunks):
-    """-> (samples/s, trained model) of ``TrainerCore.process`` over the record chunks."""
+    """-> (samples/s, trained model) of ``TrainerCore.feed`` over the record chunks.
+
+    The clock starts once the core (and its decoder: a helper process takes ~0.3 s to
+    start, once per trainer run) is up and stops when the last batch has trained.
+    """
     from trainer.online import TrainerCore
 
     model, optimizer = model_and_optimizer(settings, variant, hidden)
     core = TrainerCore(settings, model, optimizer, cache)
-    started = time.perf_counter()
-    for chunk in chunks:
-        core.process(chunk)
-    return core.samples / (time.perf_counter() - started), model
+    try:
+        started = time.perf_counter()
+        for chunk in chunks:
+            core.feed(chunk)
+        core.flush()
+        return core.samples / (time.perf_counter() - started), model
+    finally:
+        core.close()
 
 
 def bare_loop(settings, variant, hidden, cache, chunks):
@@ -139,15 +160,13 @@ def bare_loop(settings, variant, hidden, cache, chunks):
     import torch
     import torch.nn.functional as F
 
-    from streams.events import TrainingSample
-    from trainer.online import BatchBuilder
+    from trainer.online import BatchBuilder, decoder_state
+    from trainer.sample_decoder import SampleDecoder
 
     model, optimizer = model_and_optimizer(settings, variant, hidden)
-    builder = BatchBuilder(model, cache, settings.trainer.history_len)
-    batches = [
-        builder.build([TrainingSample.model_validate_json(r.value) for r in chunk])
-        for chunk in chunks
-    ]
+    builder = BatchBuilder(model, cache)
+    decoder = SampleDecoder(decoder_state(settings, model))
+    batches = [builder.build(decoder.decode([r.value for r in chunk])) for chunk in chunks]
     n = sum(len(b.labels) for b in batches)
     started = time.perf_counter()
     for batch in batches:
@@ -167,6 +186,10 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
     if args.tiny:
         args.samples, args.users, args.items, args.hidden = 2000, 100, 200, 32
+    if args.decoder:
+        t = settings.trainer.model_copy(update={"sample_decoder": args.decoder})
+        settings = settings.model_copy(update={"trainer": t})
+    decoder = settings.trainer.sample_decoder
     torch.set_num_threads(settings.trainer.threads)
     console = Console()
     cache, records = world(args, settings)
@@ -188,7 +211,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         rates.setdefault((variant, side), []).append(rate)
 
     table = Table(
-        title=f"online trainer, {args.samples} samples, batch {size}, median of {args.repeats}"
+        title=f"online trainer, {args.samples} samples, batch {size}, {decoder} decoder,"
+        f" {settings.trainer.threads} torch threads, median of {args.repeats}"
     )
     for col in ("variant", "trainer loop samples/s", "bare loop samples/s", "ratio", "range"):
         table.add_column(col)
@@ -197,6 +221,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         "samples": args.samples,
         "batch": size,
         "hidden": args.hidden,
+        "decoder": decoder,
+        "threads": settings.trainer.threads,
     }
     for variant in ("idproxy", "id-only"):
         tr, bare = rates[(variant, "trainer")], rates[(variant, "bare")]

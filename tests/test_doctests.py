@@ -21,6 +21,7 @@ MODULES = [
     "trainer.growing_embedding",
     "benchmarks.bench_online",
     "streams.fast_decode",
+    "trainer.sample_decoder",
     "idproxy.prometheus",
 ]
 

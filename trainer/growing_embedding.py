@@ -7,16 +7,17 @@ generator seeded by (seed, capacity), so the same sequence of ids gives the same
 every run (crash-resume determinism). ``counts[row]`` is the number of training samples
 whose forward pass used that row (target or history item): its updates, used for τ.
 
+Rows are handed out by the caller's row plan (``trainer.sample_decoder``): ``add`` appends
+ids that have no row yet, in order.
+
 >>> t = GrowingEmbedding(dim=4, capacity=2)
->>> t.rows(["a", "b", "a"]).tolist()
-[1, 2, 1]
->>> t.capacity, t.n_ids
-(4, 2)
+>>> t.add(["a", "b"])
+>>> t.index, t.capacity
+({'a': 1, 'b': 2}, 4)
 """
 
 from __future__ import annotations
 
-from array import array
 from collections.abc import Sequence
 
 import torch
@@ -25,24 +26,8 @@ from torch import nn
 INIT_STD = 0.01
 
 
-_TYPECODES = {torch.long: "q", torch.float32: "f"}
-
-
-def list_tensor(values: Sequence[float], dtype: torch.dtype = torch.long) -> torch.Tensor:
-    """A list of numbers -> 1-d tensor (long or float32); ~8x faster than ``torch.tensor``.
-
-    >>> list_tensor([3, 1]).tolist(), list_tensor([1, 0], torch.float32).tolist()
-    ([3, 1], [1.0, 0.0])
-    >>> list_tensor([]).shape
-    torch.Size([0])
-    """
-    if not values:
-        return torch.zeros(0, dtype=dtype)
-    return torch.frombuffer(array(_TYPECODES[dtype], values), dtype=dtype)
-
-
 class GrowingEmbedding(nn.Module):
-    """weight [capacity, d]; ``rows(ids)`` -> LongTensor of rows (growing if needed)."""
+    """weight [capacity, d]; ``index`` id -> row; ``add(new_ids)`` grows it as needed."""
 
     def __init__(self, dim: int, capacity: int = 1024, seed: int = 0) -> None:
         super().__init__()
@@ -84,28 +69,22 @@ class GrowingEmbedding(nn.Module):
         for callback in self.on_grow:
             callback(old, self.weight)
 
-    def rows(self, ids: Sequence[str], grow: bool = True) -> torch.Tensor:
-        """ids -> rows [len(ids)]; unknown ids get new rows (or 0 when ``grow`` is False)."""
-        index = self.index
-        out = list(map(index.get, ids))  # None = unknown
-        if None in out:
-            for k, i in enumerate(ids):
-                if out[k] is None:
-                    row = index.get(i)
-                    if row is None and grow:
-                        self.ids.append(i)
-                        row = index[i] = len(self.ids)
-                    out[k] = row or 0
-        if len(self.ids) + 1 > self.capacity:
-            self.grow_to(len(self.ids) + 1)
-        return list_tensor(out)
+    def add(self, new_ids: Sequence[str]) -> None:
+        """Gives each of ``new_ids`` (none of them known) the next free row, in order."""
+        index, ids = self.index, self.ids
+        for i in new_ids:
+            if i in index:
+                raise ValueError(f"id {i!r} already has row {index[i]}: row plans out of sync")
+            ids.append(i)
+            index[i] = len(ids)
+        if len(ids) + 1 > self.capacity:
+            self.grow_to(len(ids) + 1)
 
     def count(self, *rows: torch.Tensor) -> None:
         """Adds one update to each distinct non-padding row found in ``rows`` (any shapes).
 
         >>> t = GrowingEmbedding(dim=2, capacity=4)
-        >>> t.rows(["a", "b"]).tolist()
-        [1, 2]
+        >>> t.add(["a", "b"])
         >>> t.count(torch.tensor([1, 1, 2]), torch.tensor([[2, 0]]))  # row 2 twice: one update
         >>> t.counts.tolist()
         [0, 1, 1, 0]

@@ -5,8 +5,9 @@ Loop (one process per variant; ``idproxy trainer``):
 1. poll up to ``online_batch_size`` TrainingSample records (waiting at most
    ``batch_max_wait_ms``) from every partition of ``samples`` (manually assigned, so there
    is no rebalance and the batch order is fixed by the topic);
-2. drop duplicates (``sample_id`` seen among the last ``dedup_window`` ids) and malformed
-   records (to the DLQ);
+2. decode them (``trainer.sample_decoder``; by default in a helper process, which decodes
+   batch k+1 while batch k trains): duplicates (``sample_id`` seen among the last
+   ``dedup_window`` ids) are dropped, malformed records go to the DLQ, ids become rows;
 3. **prequential**: the forward pass runs before the optimiser step, so its probabilities are
    the scores of a model that has not seen the batch; they feed ``WindowedAUC`` for all and
    for new items, and the prediction stream (score, label, is_new, ts);
@@ -30,6 +31,7 @@ import math
 import time
 import uuid
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
@@ -39,13 +41,11 @@ import torch.nn.functional as F
 from kafka.errors import KafkaError
 
 from idproxy.settings import Settings
-from streams.events import EventError, TrainingSample
-from streams.fast_decode import fast_decoder
 from streams.lifecycle import commit_or_log, stop_signals
 from trainer.checkpoint import CheckpointDir, Predictions, load_optimizer, model_state
-from trainer.growing_embedding import list_tensor
 from trainer.item_cache import REPROXY_PREFIX, ContentReader, ItemCache, partitions_for
 from trainer.online_model import Batch, OnlineRanker, OnlineShape, Variant
+from trainer.sample_decoder import DecodedBatch, DecoderState, open_decoder
 from trainer.streaming_metrics import WindowedAUC, exact_auc
 
 log = logging.getLogger(__name__)
@@ -55,42 +55,17 @@ def _finite(x: float) -> float | None:
     return None if x is None or not math.isfinite(x) else round(float(x), 6)
 
 
-class RecentIds:
-    """A bounded set of recent sample ids (FIFO eviction) for de-duplication."""
-
-    def __init__(self, size: int, ids: list[str] | None = None) -> None:
-        self.order: deque[str] = deque(ids or [], maxlen=size)  # the newest ``size`` ids
-        self.members: set[str] = set(self.order)
-
-    def keep_new(self, samples: list) -> list:
-        """The samples whose ``sample_id`` is not here yet (in order); adds their ids."""
-        order, members, size = self.order, self.members, self.order.maxlen
-        fresh = []
-        for s in samples:
-            sid = s.sample_id
-            if sid in members:
-                continue
-            if len(order) == size:
-                members.discard(order[0])
-            order.append(sid)
-            members.add(sid)
-            fresh.append(s)
-        return fresh
-
-
 class BatchBuilder:
-    """TrainingSamples -> :class:`Batch` (grows the ID tables; gathers cached content).
+    """:class:`DecodedBatch` -> :class:`Batch` (grows the ID tables; gathers cached content).
 
     Content is mirrored in tensors aligned with the item table's rows (p_coarse [R, d],
     z_groups [R, G, D], has [R]), refreshed from the cache's change log before each batch,
     so a batch gathers its distinct items with one index_select.
     """
 
-    def __init__(self, model: OnlineRanker, cache: ItemCache, history_len: int) -> None:
+    def __init__(self, model: OnlineRanker, cache: ItemCache) -> None:
         self.model = model
         self.cache = cache
-        self.history_len = history_len
-        self.positions = torch.arange(history_len)  # [h]
         self.synced_rows = 0  # rows 1..synced_rows have been filled
         self.cursor = 0  # position in cache.changes
         if model.variant == "idproxy":
@@ -118,25 +93,15 @@ class BatchBuilder:
                 self.zg[row] = torch.from_numpy(c.z_groups)
                 self.has[row] = True
 
-    def build(self, samples: list) -> Batch:
-        m, h = self.model, self.history_len
-        n = len(samples)
-        # one pass over the samples; one lookup for targets and history
-        user_ids, item_ids, flat_ids, lengths, labels = [], [], [], [], []
-        for s in samples:
-            user_ids.append(s.user_id)
-            item_ids.append(s.item_id)
-            hist = s.history if len(s.history) <= h else s.history[-h:]
-            flat_ids += hist
-            lengths.append(len(hist))
-            labels.append(s.label)
-        users = m.user_table.rows(user_ids)
-        rows = m.item_table.rows(item_ids + flat_ids)  # [n + sum(lengths)]
-        items, flat = rows[:n], rows[n:]
-        filled = self.positions < list_tensor(lengths)[:, None]  # [n, h]
-        history = torch.zeros(n, h, dtype=torch.long).masked_scatter_(filled, flat)
-        labels = list_tensor(labels, torch.float32)
-        batch = Batch(users, items, history, labels)
+    def build(self, decoded: DecodedBatch) -> Batch:
+        m = self.model
+        m.user_table.add(decoded.new_user_ids)  # the decoder's row plan, before any use
+        m.item_table.add(decoded.new_item_ids)
+        items = torch.from_numpy(decoded.items)
+        history = torch.from_numpy(decoded.history)
+        batch = Batch(
+            torch.from_numpy(decoded.users), items, history, torch.from_numpy(decoded.labels)
+        )
         if m.variant == "idproxy":
             self._sync()
             rows = torch.cat([items[:, None], history], dim=1)
@@ -194,27 +159,56 @@ def attach_optimizer(
     return optimizer
 
 
-class TrainerCore:
-    """The Kafka-free part of the loop: parse, de-duplicate, score, train, keep metrics.
+def decoder_state(
+    settings: Settings, model: OnlineRanker, recent_ids: Sequence[str] = ()
+) -> DecoderState:
+    """The sample decoder's start: the trainer's settings and the model's table ids."""
+    t = settings.trainer
+    return DecoderState(
+        history_len=t.history_len,
+        dedup_window=t.dedup_window,
+        new_item_interactions=t.new_item_interactions,
+        new_item_age_s=t.new_item_age_s,
+        user_ids=model.user_table.ids,
+        item_ids=model.item_table.ids,
+        recent_ids=list(recent_ids),
+    )
 
-    ``process(messages)`` takes records with ``.value``, ``.partition``, ``.offset``.
+
+class TrainerCore:
+    """The Kafka-free part of the loop: decode, de-duplicate, score, train, keep metrics.
+
+    Records have ``.value``, ``.partition``, ``.offset``. ``feed(records)`` hands a batch to
+    the sample decoder and trains the batch fed before it (so decoding overlaps training
+    when the decoder is a process); ``flush()`` trains the batch in flight;
+    ``process(records)`` is both. Each returns the samples trained. ``recent_ids``: the
+    sample ids a restored trainer had seen (for de-duplication). Call ``close()`` at the end.
     """
 
-    def __init__(self, settings: Settings, model: OnlineRanker, optimizer, cache: ItemCache):
+    def __init__(
+        self,
+        settings: Settings,
+        model: OnlineRanker,
+        optimizer,
+        cache: ItemCache,
+        recent_ids: Sequence[str] = (),
+    ):
         t = settings.trainer
         self.settings = settings
         self.model = model
         self.optimizer = optimizer
         self.cache = cache
-        self.builder = BatchBuilder(model, cache, t.history_len)
+        self.builder = BatchBuilder(model, cache)
         self.metrics_all = WindowedAUC(t.eval_window)
         self.metrics_new = WindowedAUC(t.eval_window)
         self.predictions = Predictions()
-        self.recent = RecentIds(t.dedup_window)
-        self.decode = fast_decoder(TrainingSample)
+        self.recent: deque[str] = deque(recent_ids, maxlen=t.dedup_window)  # for checkpoints
+        self.decoder = open_decoder(t.sample_decoder, decoder_state(settings, model, recent_ids))
+        self.in_flight: list | None = None  # records fed to the decoder, not yet trained
         self.samples = 0
         self.new_samples = 0
-        self.batches = 0
+        self.batches = 0  # batches trained
+        self.consumed = 0  # batches whose records are all done (trained, repeats, rejected)
         self.rejected = 0
         self.offsets: dict[int, int] = {}
 
@@ -222,51 +216,52 @@ class TrainerCore:
         self.rejected += 1
         log.warning("rejected sample at %d@%d: %s", message.partition, message.offset, reason)
 
-    def _parse(self, messages: list) -> list:
-        """Records -> new samples (decoded by the compiled decoder; duplicates dropped)."""
-        decoded = []
-        decode, offsets = self.decode, self.offsets
-        for m in messages:
-            offsets[m.partition] = m.offset + 1
-            try:
-                decoded.append(decode(m.value))
-            except EventError as exc:
-                self._reject(m, str(exc))
-        return self.recent.keep_new(decoded)
+    def feed(self, messages: list) -> int:
+        """Submits ``messages`` to the decoder, then trains the batch fed before them."""
+        previous = self.in_flight
+        decoded = self.decoder.collect() if previous is not None else None
+        self.in_flight = None
+        if messages:
+            self.decoder.submit([m.value for m in messages])
+            self.in_flight = messages
+        return self._train(previous, decoded) if previous is not None else 0
 
-    def outcomes(self, samples: list) -> tuple[list[int], list[bool], list[float]]:
-        """Per sample: label, is-new (< τ interactions before it, or younger than the
-        age limit) and time (s), in one pass."""
-        t = self.settings.trainer
-        tau, max_age = t.new_item_interactions, t.new_item_age_s
-        labels, new, ts = [], [], []
-        for s in samples:
-            labels.append(s.label)
-            age = s.item_age_s
-            new.append(s.item_interactions < tau or (age is not None and age < max_age))
-            ts.append(s.ts)
-        return labels, new, ts
+    def flush(self) -> int:
+        """Trains the batch in flight, if any."""
+        return self.feed([])
 
     def process(self, messages: list) -> int:
-        """Parses, scores (prequential) and trains on one batch; returns samples trained."""
-        samples = self._parse(messages)
-        if not samples:
+        """Decodes, scores (prequential) and trains on one batch (and any batch in flight)."""
+        return self.feed(messages) + self.flush()
+
+    def _train(self, messages: list, decoded: DecodedBatch) -> int:
+        offsets = self.offsets
+        for m in messages:
+            offsets[m.partition] = m.offset + 1
+        for index, reason in decoded.rejected:
+            self._reject(messages[index], reason)
+        self.consumed += 1
+        n = len(decoded.sample_ids)
+        if not n:
             return 0
-        batch = self.builder.build(samples)
+        self.recent.extend(decoded.sample_ids)
+        batch = self.builder.build(decoded)
         if not self.model.training:  # train() walks every module: ~40 µs, so only if needed
             self.model.train()
-        probs = train_step(self.model, self.optimizer, batch).tolist()
-        labels, new, ts = self.outcomes(samples)
-        self.metrics_all.update(probs, labels)
-        self.metrics_new.update(
-            [p for p, n in zip(probs, new, strict=True) if n],
-            [y for y, n in zip(labels, new, strict=True) if n],
-        )
-        self.predictions.extend(probs, labels, new, ts)
-        self.samples += len(samples)
-        self.new_samples += sum(new)
+        probs = train_step(self.model, self.optimizer, batch).numpy()
+        new = decoded.is_new
+        labels = decoded.labels.astype(np.int8)
+        self.metrics_all.update(probs.tolist(), labels.tolist())
+        self.metrics_new.update(probs[new].tolist(), labels[new].tolist())
+        self.predictions.extend(probs.tolist(), labels.tolist(), new.tolist(), decoded.ts.tolist())
+        self.samples += n
+        self.new_samples += int(new.sum())
         self.batches += 1
-        return len(samples)
+        return n
+
+    def close(self) -> None:
+        """Stops the sample decoder (a batch still in flight is not trained)."""
+        self.decoder.close()
 
 
 class OnlineTrainer(TrainerCore):
@@ -394,8 +389,9 @@ class OnlineTrainer(TrainerCore):
         model.load_state_dict(state)
         optimizer = attach_optimizer(model, t.online_lr, t.online_adaptor_lr_scale)
         load_optimizer(optimizer, tensors, manifest["opt_groups"])
-        TrainerCore.__init__(self, self.settings, model, optimizer, self.cache)
-        self.recent = RecentIds(t.dedup_window, manifest["recent_sample_ids"])
+        TrainerCore.__init__(
+            self, self.settings, model, optimizer, self.cache, manifest["recent_sample_ids"]
+        )
         self.samples, self.batches = manifest["samples"], manifest["batches"]
         self.new_samples = manifest["new_samples"]
         self.checkpoints = manifest["checkpoints"]
@@ -446,7 +442,14 @@ class OnlineTrainer(TrainerCore):
                 while not self.stopping:
                     self.reader.poll()
                     messages = self._poll_batch()
-                    if not messages:
+                    consumed, started = self.consumed, time.time()
+                    # a quiet poll trains the batch in flight at once
+                    n = self.feed(messages) if messages else self.flush()
+                    if messages:
+                        idle_since = time.time()
+                    if self.consumed == consumed:  # no batch finished
+                        if messages:  # the first batch after a pause is now in flight
+                            continue
                         if idle_exit_s is not None and time.time() - idle_since > idle_exit_s:
                             break
                         # a quiet stream still gets its metrics line and its checkpoint
@@ -459,11 +462,8 @@ class OnlineTrainer(TrainerCore):
                             self.checkpoint()
                             dirty = False
                         continue
-                    started = time.time()
-                    n = self.process(messages)
                     dirty = True
                     self._prom.observe(self, n, time.time() - started)
-                    idle_since = time.time()
                     if self._due(self.last_report_at, t.report_every_s, t.report_every_batches):
                         self.report()
                     if self._due(
@@ -471,7 +471,9 @@ class OnlineTrainer(TrainerCore):
                     ):
                         self.checkpoint()
                         dirty = False
-            if dirty:
+            consumed = self.consumed
+            self.flush()  # the batch in flight, if the loop stopped with one
+            if dirty or self.consumed != consumed:
                 self.checkpoint()
             self.report()
             return self.summary()
@@ -516,7 +518,7 @@ class OnlineTrainer(TrainerCore):
             "checkpoints": self.checkpoints + 1,
             "user_table_ids": self.model.user_table.ids,
             "item_table_ids": self.model.item_table.ids,
-            "recent_sample_ids": list(self.recent.order),
+            "recent_sample_ids": list(self.recent),
             "proxy_version": self.proxy_version,
         }
         self.ckpts.save(version, self.model, self.optimizer, manifest, self.predictions)
@@ -631,6 +633,8 @@ class OnlineTrainer(TrainerCore):
         self.producer.close()
         self.consumer.close(autocommit=False)
         self.reader.close()
+        if hasattr(self, "decoder"):  # (absent when the set-up failed before it)
+            super().close()
 
 
 def publish_proxies(

@@ -6,42 +6,55 @@ import ast
 import pathlib
 from collections import namedtuple
 
+import pytest
 import torch
 
 from idproxy.settings import Settings
+from streams.events import TrainingSample, to_json
 from tests.online.synthetic import sample_messages, samples
 from trainer.checkpoint import CheckpointDir, Predictions, load_optimizer, model_state
 from trainer.growing_embedding import GrowingEmbedding
 from trainer.item_cache import ItemCache
-from trainer.online import BatchBuilder, TrainerCore, attach_optimizer, train_step
-from trainer.online_model import OnlineRanker, OnlineShape
+from trainer.online import BatchBuilder, TrainerCore, attach_optimizer, decoder_state, train_step
+from trainer.online_model import Batch, OnlineRanker, OnlineShape
+from trainer.sample_decoder import SampleDecoder
 
 
 def test_growing_keeps_rows_stable():
     t = GrowingEmbedding(dim=4, capacity=2, seed=3)
-    first = t.rows(["a"])
-    before = t.weight.detach()[first].clone()
-    t.rows([f"id{k}" for k in range(100)])  # doubles several times
+    t.add(["a"])
+    before = t.weight.detach()[1].clone()
+    t.add([f"id{k}" for k in range(100)])  # doubles several times
     assert t.capacity == 128 and t.n_ids == 101
-    assert torch.equal(t.weight.detach()[first], before)
-    assert t.rows(["a"]).item() == first.item()
+    assert torch.equal(t.weight.detach()[1], before)
+    assert t.index["a"] == 1 and t.index["id99"] == 101
     assert torch.equal(t(torch.tensor([0])), torch.zeros(1, 4))  # padding row
-    assert t.rows(["unknown"], grow=False).item() == 0
+    with pytest.raises(ValueError, match="out of sync"):  # a row plan that repeats an id
+        t.add(["id5"])
 
 
 def test_growth_is_deterministic():
     a, b = GrowingEmbedding(4, 2, seed=1), GrowingEmbedding(4, 2, seed=1)
-    a.rows([str(k) for k in range(10)])
-    b.rows([str(k) for k in range(5)])
-    b.rows([str(k) for k in range(5, 10)])
+    a.add([str(k) for k in range(10)])
+    b.add([str(k) for k in range(5)])
+    b.add([str(k) for k in range(5, 10)])
     assert torch.equal(a.weight, b.weight)
+
+
+SETTINGS = Settings(trainer={"history_len": 5})
 
 
 def _model(variant: str) -> tuple[OnlineRanker, BatchBuilder]:
     shape = OnlineShape(dim=8, hidden_size=6, n_groups=3, adaptor_hidden=8, initial_rows=4)
     model = OnlineRanker(shape, variant, seed=0)
     cache = ItemCache(dims=(6, 3))
-    return model, BatchBuilder(model, cache, history_len=5)
+    return model, BatchBuilder(model, cache)
+
+
+def _batch(builder: BatchBuilder, data: list[TrainingSample]) -> Batch:
+    """The samples as a Batch, rows planned from the builder's model tables."""
+    decoder = SampleDecoder(decoder_state(SETTINGS, builder.model))
+    return builder.build(decoder.decode([to_json(s) for s in data]))
 
 
 def test_train_step_grows_tables_and_keeps_optimizer_state():
@@ -49,7 +62,7 @@ def test_train_step_grows_tables_and_keeps_optimizer_state():
     opt = attach_optimizer(model, 1e-2)
     data = samples(64, n_users=10, n_items=30)
     for k in range(0, 64, 16):
-        probs = train_step(model, opt, builder.build(data[k : k + 16]))
+        probs = train_step(model, opt, _batch(builder, data[k : k + 16]))
         assert probs.shape == (16,) and torch.all((probs > 0) & (probs < 1))
     params = [p for g in opt.param_groups for p in g["params"]]
     assert model.item_table.capacity >= 31
@@ -63,7 +76,7 @@ def test_idproxy_slot_gets_gradient_into_the_fine_head():
     model, builder = _model("idproxy")
     builder.cache.items.clear()
     opt = attach_optimizer(model, 1e-2)
-    batch = builder.build(samples(16, 5, 10))
+    batch = _batch(builder, samples(16, 5, 10))
     assert batch.has_proxy is not None and not batch.has_proxy.any()  # all misses: zeros
     before = model.fine_head.adaptor[0].weight.detach().clone()
     train_step(model, opt, batch)
@@ -76,7 +89,7 @@ def test_checkpoint_round_trip(tmp_path):
     opt = attach_optimizer(model, 1e-2)
     data = samples(48, 8, 20)
     for k in range(0, 48, 16):
-        train_step(model, opt, builder.build(data[k : k + 16]))
+        train_step(model, opt, _batch(builder, data[k : k + 16]))
     preds = Predictions([0.5, 0.25], [1, 0], [True, False], [1.0, 2.0])
     ckpts = CheckpointDir(tmp_path, keep=2)
     manifest = {"item_ids": model.item_table.ids, "offsets": {"0": 48}}
@@ -99,8 +112,8 @@ def test_checkpoint_round_trip(tmp_path):
         assert torch.equal(a, b), k
     # one more identical step on both gives identical parameters (optimizer state restored)
     more = samples(16, 8, 20, seed=1)
-    train_step(model, opt, builder.build(more))
-    train_step(clone, clone_opt, BatchBuilder(clone, builder.cache, 5).build(more))
+    train_step(model, opt, _batch(builder, more))
+    train_step(clone, clone_opt, _batch(BatchBuilder(clone, builder.cache), more))
     for a, b in zip(model.parameters(), clone.parameters(), strict=True):
         assert torch.equal(a, b)
     assert Predictions.load(folder / "predictions.npz").score == [0.5, 0.25]
@@ -142,10 +155,15 @@ def test_item_cache_takes_reproxy_records_only_for_items_it_has_no_coarse_proxy_
     assert cache.items["b"].p_coarse.tolist() == fresh.tolist()
 
 
-def test_trainer_core_rejects_bad_records_drops_repeats_and_moves_past_both():
+@pytest.mark.parametrize("decoder", ["process", "inline"])
+def test_trainer_core_rejects_bad_records_drops_repeats_and_moves_past_both(decoder, request):
     Record = namedtuple("Record", "value partition offset")
     model, builder = _model("id-only")
-    core = TrainerCore(Settings(), model, attach_optimizer(model, 1e-2), builder.cache)
+    settings = SETTINGS.model_copy(
+        update={"trainer": SETTINGS.trainer.model_copy(update={"sample_decoder": decoder})}
+    )
+    core = TrainerCore(settings, model, attach_optimizer(model, 1e-2), builder.cache)
+    request.addfinalizer(core.close)
     good = [value for _, value in sample_messages(samples(20, n_users=5, n_items=8))]
     bad = [b"not json", b"\xff{", b'{"sample_id": "s", "label": 3}', None]
     values = good[:10] + bad + good[10:] + good[:5]  # the last 5 repeat earlier samples
