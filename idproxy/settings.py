@@ -142,10 +142,10 @@ class TrainerSettings(BaseModel):
     threads: int = Field(2, description="torch threads of the Table-1 benchmark")
     # ---- the online Stage-2 trainer (`idproxy trainer`, trainer/online.py)
     online_batch_size: int = Field(256, description="Samples per online mini-batch")
-    sample_decoder: Literal["process", "inline"] = Field(
-        "process",
-        description="Decode samples in a helper process (overlaps training; uses a 2nd core)"
-        " or inline",
+    sample_decoder: Literal["inline", "process"] = Field(
+        "inline",
+        description="Decode samples inline, or in a helper process that overlaps training"
+        " (worth it only with a core free beyond `threads`)",
     )
     online_lr: float = Field(1e-3, description="Adam learning rate of the online trainer")
     online_adaptor_lr_scale: float = Field(

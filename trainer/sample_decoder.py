@@ -52,9 +52,9 @@ import sys
 from array import array
 from collections import deque
 from collections.abc import Sequence
+from dataclasses import dataclass
 from itertools import chain
 from operator import attrgetter
-from dataclasses import dataclass
 from typing import BinaryIO, Protocol
 
 import numpy as np

@@ -36,6 +36,7 @@ def trainer_env(monkeypatch):
         "IDPROXY_TRAINER_REPORT_EVERY_BATCHES": "1",
         "IDPROXY_TRAINER_THREADS": "1",
         "IDPROXY_TRAINER_INITIAL_ROWS": "8",
+        "IDPROXY_TRAINER_SAMPLE_DECODER": "process",  # the SIGKILL must take its child along
     }.items():
         monkeypatch.setenv(key, value)
 
@@ -58,6 +59,19 @@ def _trainer(settings, broker, state: Path, group: str, *extra: str) -> CliProce
 def _final(state: Path) -> tuple[dict, dict]:
     tensors, manifest, _ = CheckpointDir(state).load()
     return model_state(tensors), manifest
+
+
+def _decoder_processes() -> list[str]:
+    """PIDs of running `python -m trainer.sample_decoder` processes."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            cmd = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"trainer.sample_decoder" in cmd:
+            found.append(proc.name)
+    return found
 
 
 def _lines(state: Path) -> list[dict]:
@@ -86,6 +100,10 @@ def test_sigkill_resume_matches_uninterrupted_run(
         time.sleep(0.2)
     first.kill()
     assert CheckpointDir(crashed).latest() == "ckpt-000000016"
+    end = time.time() + 10  # the decoder child sees its input close and exits
+    while _decoder_processes():
+        assert time.time() < end, "the sample decoder outlived its SIGKILLed trainer"
+        time.sleep(0.1)
     produce(kafka_settings, durable_broker, topics.samples, sample_messages(stream[N_FIRST:]))
 
     # run 2 resumes from the checkpoint (samples 513..640 are processed a second time)
