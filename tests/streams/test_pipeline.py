@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 
 import numpy as np
 import pytest
@@ -196,8 +197,10 @@ def test_sigterm_finishes_the_batch_commits_and_exposes_metrics(kafka_settings, 
         topics.items,
         [(str(i).encode(), item_event(i)) for i in range(n)],
     )
+    deadline = time.time() + 120  # a stuck worker fails the test with its log, not a hang
     while len(drain(kafka_settings, kafka_broker, topics.proxies, idle_s=0.5, timeout_s=5)) < 8:
         assert worker.proc.poll() is None, worker.output()
+        assert time.time() < deadline, "fewer than 8 proxies in 120 s\n" + worker.output()[-3000:]
     metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
     for name in (
         "idproxy_worker_items_total",
