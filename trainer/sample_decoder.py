@@ -312,10 +312,10 @@ def _read_frame(stream: BinaryIO) -> bytearray | None:
     if head is None:
         return None
     (size,) = _LENGTH.unpack(head)
-    frame = _read_exactly(stream, size)
-    if frame is None and size:
+    frame = _read_exactly(stream, size)  # bytearray() when size is 0
+    if frame is None:
         raise EOFError("stream ended inside a frame")
-    return frame or bytearray()
+    return frame
 
 
 def encode_records(values: Sequence[bytes | None]) -> bytes:
