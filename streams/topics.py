@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from dataclasses import dataclass, field
 
 from idproxy.settings import Settings
@@ -109,3 +110,18 @@ def ensure_topics(settings: Settings, admin_config: dict) -> Topics:
     finally:
         admin.close()
     return topics
+
+
+def partitions_for(consumer, topic: str, timeout_s: float = 30.0) -> list[int]:
+    """The partition ids of ``topic``, once ``consumer`` has its metadata (waits for it).
+
+    A consumer that subscribes before it knows a just-created topic's partitions can join
+    its group with none assigned and stay so; waiting here first avoids that.
+    """
+    end = time.time() + timeout_s
+    while time.time() < end:
+        ids = consumer.partitions_for_topic(topic)
+        if ids:
+            return sorted(ids)
+        time.sleep(0.2)
+    raise RuntimeError(f"topic {topic} has no partitions")

@@ -20,7 +20,6 @@ import json
 import os
 import shutil
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -29,28 +28,43 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 
-@dataclass
 class Predictions:
-    """The prequential stream: score (probability), label, is_new, ts (sample time, s)."""
+    """The prequential stream: score (probability), label, is_new, ts (sample time, s).
 
-    score: list[float] = field(default_factory=list)
-    label: list[int] = field(default_factory=list)
-    is_new: list[bool] = field(default_factory=list)
-    ts: list[float] = field(default_factory=list)
+    Kept as per-batch numpy chunks (no per-sample Python objects); ``arrays()`` joins them.
+
+    >>> p = Predictions([0.5], [1], [True], [1.0])
+    >>> p.extend(np.array([0.25]), np.array([0.0]), np.array([False]), np.array([2.0]))
+    >>> p.arrays()["label"].tolist(), len(p)
+    ([1, 0], 2)
+    """
+
+    DTYPES = {"score": np.float32, "label": np.int8, "is_new": np.bool_, "ts": np.float64}
+
+    def __init__(self, score=(), label=(), is_new=(), ts=()) -> None:
+        self._chunks: dict[str, list[np.ndarray]] = {name: [] for name in self.DTYPES}
+        self.extend(score, label, is_new, ts)
 
     def extend(self, score, label, is_new, ts) -> None:
-        self.score.extend(score)
-        self.label.extend(label)
-        self.is_new.extend(is_new)
-        self.ts.extend(ts)
+        """Appends one batch: four array-likes of the same length n."""
+        columns = dict(zip(self.DTYPES, (score, label, is_new, ts), strict=True))
+        arrays = {k: np.array(v, self.DTYPES[k]).ravel() for k, v in columns.items()}
+        lengths = {name: len(a) for name, a in arrays.items()}
+        if len(set(lengths.values())) != 1:
+            raise ValueError(f"prediction columns of different lengths: {lengths}")
+        for name, a in arrays.items():
+            self._chunks[name].append(a)
 
     def arrays(self) -> dict[str, np.ndarray]:
-        return {
-            "score": np.asarray(self.score, np.float32),
-            "label": np.asarray(self.label, np.int8),
-            "is_new": np.asarray(self.is_new, bool),
-            "ts": np.asarray(self.ts, np.float64),
-        }
+        out = {}
+        for name, chunks in self._chunks.items():
+            if len(chunks) != 1:  # join once; later calls reuse the joined array
+                chunks[:] = [np.concatenate(chunks) if chunks else np.zeros(0, self.DTYPES[name])]
+            out[name] = chunks[0]
+        return out
+
+    def __len__(self) -> int:
+        return sum(map(len, self._chunks["score"]))
 
     def save(self, path: Path) -> None:
         """np.savez (plain numeric arrays, no object arrays), written atomically."""
@@ -64,12 +78,7 @@ class Predictions:
     @classmethod
     def load(cls, path: Path) -> Predictions:
         with np.load(path, allow_pickle=False) as data:
-            return cls(
-                data["score"].tolist(),
-                data["label"].tolist(),
-                data["is_new"].tolist(),
-                data["ts"].tolist(),
-            )
+            return cls(*(data[name] for name in cls.DTYPES))
 
 
 def optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list]:

@@ -87,17 +87,6 @@ class ItemCache:
         return torch.from_numpy(pc), torch.from_numpy(zg), torch.from_numpy(has)
 
 
-def partitions_for(consumer, topic: str, timeout_s: float = 30.0) -> list[int]:
-    """The partition ids of ``topic`` (waits for the metadata)."""
-    end = time.time() + timeout_s
-    while time.time() < end:
-        ids = consumer.partitions_for_topic(topic)
-        if ids:
-            return sorted(ids)
-        time.sleep(0.2)
-    raise RuntimeError(f"topic {topic} has no partitions")
-
-
 class ContentReader:
     """Group-less consumer of item-features + proxies feeding an :class:`ItemCache`."""
 
@@ -105,6 +94,7 @@ class ContentReader:
         from kafka import KafkaConsumer, TopicPartition
 
         from streams.kafka_config import consumer_config
+        from streams.topics import partitions_for
 
         self.cache = cache
         self.topics = topics

@@ -43,7 +43,7 @@ from kafka.errors import KafkaError
 from idproxy.settings import Settings
 from streams.lifecycle import commit_or_log, stop_signals
 from trainer.checkpoint import CheckpointDir, Predictions, load_optimizer, model_state
-from trainer.item_cache import REPROXY_PREFIX, ContentReader, ItemCache, partitions_for
+from trainer.item_cache import REPROXY_PREFIX, ContentReader, ItemCache
 from trainer.online_model import Batch, OnlineRanker, OnlineShape, Variant
 from trainer.sample_decoder import DecodedBatch, DecoderState, open_decoder
 from trainer.streaming_metrics import WindowedAUC, exact_auc
@@ -249,11 +249,10 @@ class TrainerCore:
         if not self.model.training:  # train() walks every module: ~40 µs, so only if needed
             self.model.train()
         probs = train_step(self.model, self.optimizer, batch).numpy()
-        new = decoded.is_new
-        labels = decoded.labels.astype(np.int8)
-        self.metrics_all.update(probs.tolist(), labels.tolist())
-        self.metrics_new.update(probs[new].tolist(), labels[new].tolist())
-        self.predictions.extend(probs.tolist(), labels.tolist(), new.tolist(), decoded.ts.tolist())
+        new, labels = decoded.is_new, decoded.labels
+        self.metrics_all.update(probs, labels)
+        self.metrics_new.update(probs[new], labels[new])
+        self.predictions.extend(probs, labels, new, decoded.ts)
         self.samples += n
         self.new_samples += int(new.sum())
         self.batches += 1
@@ -283,7 +282,7 @@ class OnlineTrainer(TrainerCore):
 
         from streams.dlq import DeadLetterSink
         from streams.kafka_config import common_config, consumer_config, producer_config
-        from streams.topics import ensure_topics
+        from streams.topics import ensure_topics, partitions_for
 
         t = settings.trainer
         self.settings = settings
@@ -493,9 +492,9 @@ class OnlineTrainer(TrainerCore):
         """Windowed metrics continue from the restored prediction stream."""
         a = self.predictions.arrays()
         w = self.settings.trainer.eval_window
-        self.metrics_all.update(a["score"][-w:].tolist(), a["label"][-w:].tolist())
+        self.metrics_all.update(a["score"][-w:], a["label"][-w:])
         new = a["is_new"]
-        self.metrics_new.update(a["score"][new][-w:].tolist(), a["label"][new][-w:].tolist())
+        self.metrics_new.update(a["score"][new][-w:], a["label"][new][-w:])
 
     def _on_signal(self, signum, frame) -> None:
         log.info("signal %d: finishing the batch, then a checkpoint", signum)

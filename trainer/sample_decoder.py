@@ -53,7 +53,7 @@ from array import array
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
-from itertools import chain
+from itertools import chain, islice
 from operator import attrgetter
 from typing import BinaryIO, Protocol
 
@@ -151,11 +151,21 @@ class RecentIds:
         self.members: set[str] = set(self.order)
 
     def keep_new(self, samples: list) -> list:
-        """The samples whose ``sample_id`` is not here yet (in order); adds their ids."""
+        """The samples whose ``sample_id`` is not here yet (in order); adds their ids.
+
+        The usual batch (no repeats, smaller than the window) takes set operations only.
+        """
         order, members, size = self.order, self.members, self.order.maxlen
+        ids = list(map(_SAMPLE_ID, samples))
+        if len(ids) <= size and members.isdisjoint(ids) and len(set(ids)) == len(ids):
+            evicted = len(order) + len(ids) - size
+            if evicted > 0:
+                members.difference_update(islice(order, evicted))
+            order.extend(ids)
+            members.update(ids)
+            return samples
         fresh = []
-        for s in samples:
-            sid = s.sample_id
+        for s, sid in zip(samples, ids, strict=True):
             if sid in members:
                 continue
             if len(order) == size:
@@ -168,17 +178,16 @@ class RecentIds:
 
 def _rows(index: dict[str, int], ids: Sequence[str]) -> tuple[np.ndarray, list[str]]:
     """ids -> (rows int64 [len(ids)], the ids that took new rows, in order); grows ``index``."""
-    out = list(map(index.get, ids))  # None = unknown
+    try:  # the usual batch: every id has a row already
+        return np.fromiter(map(index.__getitem__, ids), np.int64, len(ids)), []
+    except KeyError:
+        pass
     added: list[str] = []
-    if None in out:
-        for k, i in enumerate(ids):
-            if out[k] is None:
-                row = index.get(i)
-                if row is None:
-                    added.append(i)
-                    row = index[i] = len(index) + 1
-                out[k] = row
-    return np.frombuffer(array("q", out), np.int64), added
+    for i in ids:
+        if i not in index:
+            added.append(i)
+            index[i] = len(index) + 1
+    return np.fromiter(map(index.__getitem__, ids), np.int64, len(ids)), added
 
 
 class SampleDecoder:
@@ -232,6 +241,7 @@ class SampleDecoder:
         )
 
 
+_SAMPLE_ID = attrgetter("sample_id")
 _COLUMNS = attrgetter(
     "sample_id", "user_id", "item_id", "history", "label", "item_interactions", "item_age_s", "ts"
 )

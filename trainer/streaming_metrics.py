@@ -2,8 +2,8 @@
 
 Each batch is scored *before* it is trained on and its (probability, label) pairs are fed
 here. ``WindowedAUC`` keeps the last ``window`` pairs and computes the exact AUC of that
-window on demand (ties count one half, the Mann–Whitney definition); ``update`` is O(1)
-amortised and ``auc`` is O(W log W), which is cheap for the windows used (≤ 10^5).
+window on demand (ties count one half, the Mann–Whitney definition); ``update`` is
+O(batch) and ``auc`` is O(W log W), which is cheap for the windows used (≤ 10^5).
 
 >>> m = WindowedAUC(window=4)
 >>> m.update([0.9, 0.2, 0.6], [1, 0, 0])
@@ -17,10 +17,9 @@ amortised and ``auc`` is O(W log W), which is cheap for the windows used (≤ 10
 from __future__ import annotations
 
 import math
-from collections import deque
-from collections.abc import Iterable
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 EPS = 1e-7
 
@@ -43,37 +42,51 @@ def exact_auc(scores: np.ndarray, labels: np.ndarray) -> float:
 
 
 class WindowedAUC:
-    """Exact AUC and mean LogLoss over the last ``window`` (probability, label) pairs."""
+    """Exact AUC and mean LogLoss over the last ``window`` (probability, label) pairs.
+
+    The pairs live in two numpy ring buffers (scores float64 [window], labels int8
+    [window]): ``update`` copies a batch in with no per-pair Python work.
+    """
 
     def __init__(self, window: int = 10_000) -> None:
         self.window = window
-        self.scores: deque[float] = deque(maxlen=window)
-        self.labels: deque[int] = deque(maxlen=window)
+        self._scores = np.zeros(window, np.float64)
+        self._labels = np.zeros(window, np.int8)
+        self._end = 0  # where the next pair goes
+        self._size = 0  # pairs held (<= window); until full they fill [0, _size)
         self.seen = 0
 
-    def update(self, probabilities: Iterable[float], labels: Iterable[int]) -> None:
-        scores, ys = list(probabilities), list(labels)  # floats / 0-1 ints (any numeric type)
+    def update(self, probabilities: ArrayLike, labels: ArrayLike) -> None:
+        """probabilities [n] (finite), labels [n] (0/1), any array-like."""
+        scores = np.asarray(probabilities, np.float64).ravel()
+        ys = np.asarray(labels).ravel().astype(np.int8)
         if len(scores) != len(ys):
             raise ValueError(f"{len(scores)} predictions for {len(ys)} labels")
-        if not all(map(math.isfinite, scores)):
-            bad = next(p for p in scores if not math.isfinite(p))
-            raise ValueError(f"non-finite prediction {bad}")
-        self.scores.extend(scores)
-        self.labels.extend(ys)
+        finite = np.isfinite(scores)
+        if not finite.all():
+            raise ValueError(f"non-finite prediction {scores[~finite][0]}")
         self.seen += len(scores)
+        scores, ys = scores[-self.window :], ys[-self.window :]
+        for part in (slice(0, self.window - self._end), slice(self.window - self._end, None)):
+            chunk, labels_chunk = scores[part], ys[part]
+            stop = self._end + len(chunk)
+            self._scores[self._end : stop] = chunk
+            self._labels[self._end : stop] = labels_chunk
+            self._end = stop % self.window
+        self._size = min(self.window, self._size + len(scores))
 
     def auc(self) -> float:
-        return exact_auc(np.fromiter(self.scores, float), np.fromiter(self.labels, int))
+        return exact_auc(self._scores[: self._size], self._labels[: self._size])
 
     def logloss(self) -> float:
-        if not self.scores:
+        if not self._size:
             return math.nan
-        p = np.clip(np.fromiter(self.scores, float), EPS, 1 - EPS)
-        y = np.fromiter(self.labels, float)
+        p = np.clip(self._scores[: self._size], EPS, 1 - EPS)
+        y = self._labels[: self._size]
         return float(-(y * np.log(p) + (1 - y) * np.log(1 - p)).mean())
 
     def __len__(self) -> int:
-        return len(self.scores)
+        return self._size
 
 
 def auc_per_slice(

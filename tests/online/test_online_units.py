@@ -116,7 +116,8 @@ def test_checkpoint_round_trip(tmp_path):
     train_step(clone, clone_opt, _batch(BatchBuilder(clone, builder.cache), more))
     for a, b in zip(model.parameters(), clone.parameters(), strict=True):
         assert torch.equal(a, b)
-    assert Predictions.load(folder / "predictions.npz").score == [0.5, 0.25]
+    restored = Predictions.load(folder / "predictions.npz").arrays()
+    assert restored["score"].tolist() == [0.5, 0.25] and restored["is_new"].tolist() == [1, 0]
 
 
 def test_no_pickle_in_trainer_modules():
