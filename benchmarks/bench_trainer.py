@@ -5,7 +5,7 @@ in memory:
 
 * **trainer loop** — ``trainer.online.TrainerCore.feed`` as the trainer runs it: the sample
   decoder (JSON parsing and validation of each TrainingSample, de-duplication, id -> row;
-  by default in its helper process, decoding batch k+1 while batch k trains), ID-table
+  inline by default, or in its helper process decoding batch k+1 while batch k trains), ID-table
   growth, content gathering from the item cache, the forward/backward/Adam step, windowed
   AUC/LogLoss and the prediction stream;
 * **bare loop** — the batches pre-built as tensors, then only forward, BCE, backward and

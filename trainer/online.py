@@ -5,8 +5,8 @@ Loop (one process per variant; ``idproxy trainer``):
 1. poll up to ``online_batch_size`` TrainingSample records (waiting at most
    ``batch_max_wait_ms``) from every partition of ``samples`` (manually assigned, so there
    is no rebalance and the batch order is fixed by the topic);
-2. decode them (``trainer.sample_decoder``; by default in a helper process, which decodes
-   batch k+1 while batch k trains): duplicates (``sample_id`` seen among the last
+2. decode them (``trainer.sample_decoder``; inline by default, or in a helper process that
+   decodes batch k+1 while batch k trains): duplicates (``sample_id`` seen among the last
    ``dedup_window`` ids) are dropped, malformed records go to the DLQ, ids become rows;
 3. **prequential**: the forward pass runs before the optimiser step, so its probabilities are
    the scores of a model that has not seen the batch; they feed ``WindowedAUC`` for all and

@@ -50,6 +50,16 @@ def test_window_keeps_only_the_last_pairs():
     assert m.logloss() == pytest.approx(want)
 
 
+def test_a_batch_longer_than_the_window_keeps_its_last_pairs():
+    rng = np.random.default_rng(2)
+    scores, labels = rng.random(250), rng.integers(0, 2, 250)
+    m = WindowedAUC(window=100)
+    m.update(scores[:30], labels[:30])
+    m.update(scores[30:], labels[30:])  # 220 pairs at once into a window of 100
+    assert len(m) == 100 and m.seen == 250
+    assert m.auc() == pytest.approx(brute_force_auc(scores[-100:], labels[-100:]))
+
+
 def test_non_finite_predictions_are_rejected():
     with pytest.raises(ValueError, match="non-finite"):
         WindowedAUC().update([float("nan")], [1])
