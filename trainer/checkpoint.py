@@ -35,8 +35,8 @@ class Predictions:
 
     >>> p = Predictions([0.5], [1], [True], [1.0])
     >>> p.extend(np.array([0.25]), np.array([0.0]), np.array([False]), np.array([2.0]))
-    >>> p.arrays()["label"].tolist(), len(p)
-    ([1, 0], 2)
+    >>> p.arrays()["label"].tolist()
+    [1, 0]
     """
 
     DTYPES = {"score": np.float32, "label": np.int8, "is_new": np.bool_, "ts": np.float64}
@@ -62,9 +62,6 @@ class Predictions:
                 chunks[:] = [np.concatenate(chunks) if chunks else np.zeros(0, self.DTYPES[name])]
             out[name] = chunks[0]
         return out
-
-    def __len__(self) -> int:
-        return sum(map(len, self._chunks["score"]))
 
     def save(self, path: Path) -> None:
         """np.savez (plain numeric arrays, no object arrays), written atomically."""

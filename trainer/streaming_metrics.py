@@ -67,12 +67,9 @@ class WindowedAUC:
             raise ValueError(f"non-finite prediction {scores[~finite][0]}")
         self.seen += len(scores)
         scores, ys = scores[-self.window :], ys[-self.window :]
-        for part in (slice(0, self.window - self._end), slice(self.window - self._end, None)):
-            chunk, labels_chunk = scores[part], ys[part]
-            stop = self._end + len(chunk)
-            self._scores[self._end : stop] = chunk
-            self._labels[self._end : stop] = labels_chunk
-            self._end = stop % self.window
+        slots = (self._end + np.arange(len(scores))) % self.window
+        self._scores[slots], self._labels[slots] = scores, ys
+        self._end = (self._end + len(scores)) % self.window
         self._size = min(self.window, self._size + len(scores))
 
     def auc(self) -> float:

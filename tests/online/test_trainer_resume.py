@@ -91,6 +91,7 @@ def test_sigkill_resume_matches_uninterrupted_run(
     produce(kafka_settings, durable_broker, topics.samples, sample_messages(stream[:N_FIRST]))
 
     # run 1: processes 20 batches, checkpoints after 8 and 16, then is SIGKILLed
+    others = set(_decoder_processes())  # decoders of other runs on this machine
     crashed = tmp_path / "crashed"
     first = _trainer(kafka_settings, durable_broker, crashed, "g-crash")
     first.wait_for("trainer ready", timeout=90)
@@ -101,7 +102,7 @@ def test_sigkill_resume_matches_uninterrupted_run(
     first.kill()
     assert CheckpointDir(crashed).latest() == "ckpt-000000016"
     end = time.time() + 10  # the decoder child sees its input close and exits
-    while _decoder_processes():
+    while set(_decoder_processes()) - others:
         assert time.time() < end, "the sample decoder outlived its SIGKILLed trainer"
         time.sleep(0.1)
     produce(kafka_settings, durable_broker, topics.samples, sample_messages(stream[N_FIRST:]))
