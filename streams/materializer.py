@@ -46,15 +46,14 @@ class Materializer:
 
         from streams.dlq import DeadLetterSink
         from streams.kafka_config import common_config, consumer_config, producer_config
-        from streams.topics import ensure_topics, partitions_for
+        from streams.topics import ensure_topics
 
         self.settings = settings
         self.store = store
         self.topics = ensure_topics(settings, common_config(settings, broker))
-        self.consumer = KafkaConsumer(**consumer_config(settings, broker, group_id))
-        for topic in (self.topics.proxies, self.topics.control):
-            partitions_for(self.consumer, topic)  # metadata first, then the group
-        self.consumer.subscribe([self.topics.proxies, self.topics.control])
+        self.consumer = KafkaConsumer(
+            self.topics.proxies, self.topics.control, **consumer_config(settings, broker, group_id)
+        )
         self.producer = KafkaProducer(**producer_config(settings, broker))
         self.dlq = DeadLetterSink(self.producer, self.topics.dlq, component="materializer")
         self.pending: dict[str, int] = {}  # version -> expected items, until published

@@ -113,11 +113,7 @@ def ensure_topics(settings: Settings, admin_config: dict) -> Topics:
 
 
 def partitions_for(consumer, topic: str, timeout_s: float = 30.0) -> list[int]:
-    """The partition ids of ``topic``, once ``consumer`` has its metadata (waits for it).
-
-    A consumer that subscribes before it knows a just-created topic's partitions can join
-    its group with none assigned and stay so; waiting here first avoids that.
-    """
+    """The partition ids of ``topic``, once ``consumer`` has its metadata (waits for it)."""
     end = time.time() + timeout_s
     while time.time() < end:
         ids = consumer.partitions_for_topic(topic)
