@@ -29,7 +29,7 @@ from pathlib import Path
 from kafka import ConsumerRebalanceListener
 
 from idproxy.settings import Settings
-from streams.lifecycle import commit_or_log, poll_batch, stop_signals
+from streams.lifecycle import commit_or_log, stop_signals
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +92,25 @@ class ProxyWorker:
         return event, ItemContent(event.content_text(), image)
 
     # ------------------------------------------------------------------ the loop
+    def _poll_batch(self) -> list:
+        w = self.settings.worker
+        batch: list = []
+        deadline = None
+        while len(batch) < w.batch_max_items and not self.stopping:
+            timeout = 200 if deadline is None else max(0, int((deadline - time.time()) * 1000))
+            polled = self.consumer.poll(
+                timeout_ms=timeout, max_records=w.batch_max_items - len(batch)
+            )
+            for records in polled.values():
+                batch.extend(records)
+            if batch and deadline is None:
+                deadline = time.time() + w.batch_max_wait_ms / 1000
+            if deadline is None and not polled:
+                return batch  # idle: let the caller check for stop / idle exit
+            if deadline is not None and time.time() >= deadline:
+                break
+        return batch
+
     def process(self, messages: list) -> None:
         """Validates, encodes and produces one micro-batch (no commit)."""
         from proxy_model.errors import InvalidItemError
@@ -175,11 +194,8 @@ class ProxyWorker:
         idle_since = time.time()
         try:
             with stop_signals(self._on_signal):
-                w = self.settings.worker
                 while not self.stopping:
-                    messages = poll_batch(
-                        self.consumer, w.batch_max_items, w.batch_max_wait_ms, lambda: self.stopping
-                    )
+                    messages = self._poll_batch()
                     if not messages:
                         if idle_exit_s is not None and time.time() - idle_since > idle_exit_s:
                             break

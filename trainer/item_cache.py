@@ -23,8 +23,6 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from streams.lifecycle import poll_or_wait
-
 log = logging.getLogger(__name__)
 
 REPROXY_PREFIX = "reproxy-"
@@ -127,7 +125,7 @@ class ContentReader:
         return len(records)
 
     def poll(self, timeout_ms: int = 0) -> int:
-        polled = poll_or_wait(self.consumer, timeout_ms, max_records=5000)
+        polled = self.consumer.poll(timeout_ms=timeout_ms, max_records=5000)
         return sum(self._handle(records) for records in polled.values())
 
     def catch_up(self, timeout_s: float = 60.0) -> int:

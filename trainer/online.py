@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from kafka.errors import KafkaError
 
 from idproxy.settings import Settings
-from streams.lifecycle import commit_or_log, poll_batch, stop_signals
+from streams.lifecycle import commit_or_log, stop_signals
 from trainer.checkpoint import CheckpointDir, Predictions, load_optimizer, model_state
 from trainer.item_cache import REPROXY_PREFIX, ContentReader, ItemCache
 from trainer.online_model import Batch, OnlineRanker, OnlineShape, Variant
@@ -412,6 +412,25 @@ class OnlineTrainer(TrainerCore):
         )
 
     # ------------------------------------------------------------------ the loop
+    def _poll_batch(self) -> list:
+        t = self.settings.trainer
+        batch: list = []
+        deadline = None
+        while len(batch) < t.online_batch_size and not self.stopping:
+            timeout = 200 if deadline is None else max(0, int((deadline - time.time()) * 1000))
+            polled = self.consumer.poll(
+                timeout_ms=timeout, max_records=t.online_batch_size - len(batch)
+            )
+            for records in polled.values():
+                batch.extend(records)
+            if batch and deadline is None:
+                deadline = time.time() + t.batch_max_wait_ms / 1000
+            if deadline is None and not polled:
+                return batch
+            if deadline is not None and time.time() >= deadline:
+                break
+        return batch
+
     def run(self, *, idle_exit_s: float | None = None) -> dict:
         """Loops until SIGTERM/SIGINT or ``idle_exit_s`` without samples; returns the summary."""
         t = self.settings.trainer
@@ -421,12 +440,7 @@ class OnlineTrainer(TrainerCore):
             with stop_signals(self._on_signal):
                 while not self.stopping:
                     self.reader.poll()
-                    messages = poll_batch(
-                        self.consumer,
-                        t.online_batch_size,
-                        t.batch_max_wait_ms,
-                        lambda: self.stopping,
-                    )
+                    messages = self._poll_batch()
                     consumed, started = self.consumed, time.time()
                     # a quiet poll trains the batch in flight at once
                     n = self.feed(messages) if messages else self.flush()
