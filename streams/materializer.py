@@ -46,14 +46,13 @@ class Materializer:
 
         from streams.dlq import DeadLetterSink
         from streams.kafka_config import common_config, consumer_config, producer_config
-        from streams.topics import ensure_topics
+        from streams.topics import ensure_topics, subscribe
 
         self.settings = settings
         self.store = store
         self.topics = ensure_topics(settings, common_config(settings, broker))
-        self.consumer = KafkaConsumer(
-            self.topics.proxies, self.topics.control, **consumer_config(settings, broker, group_id)
-        )
+        self.consumer = KafkaConsumer(**consumer_config(settings, broker, group_id))
+        subscribe(self.consumer, [self.topics.proxies, self.topics.control])
         self.producer = KafkaProducer(**producer_config(settings, broker))
         self.dlq = DeadLetterSink(self.producer, self.topics.dlq, component="materializer")
         self.pending: dict[str, int] = {}  # version -> expected items, until published

@@ -52,7 +52,7 @@ class ProxyWorker:
 
         from streams.dlq import DeadLetterSink
         from streams.kafka_config import consumer_config, producer_config
-        from streams.topics import ensure_topics
+        from streams.topics import ensure_topics, subscribe
 
         self.settings = settings
         self.service = service
@@ -60,7 +60,7 @@ class ProxyWorker:
         self.consumer = KafkaConsumer(
             client_id=client_id, **consumer_config(settings, broker, settings.worker.group_id)
         )
-        self.consumer.subscribe([self.topics.items], listener=_AssignmentLog(client_id))
+        subscribe(self.consumer, [self.topics.items], _AssignmentLog(client_id))
         self.producer = KafkaProducer(client_id=client_id, **producer_config(settings, broker))
         self.dlq = DeadLetterSink(self.producer, self.topics.dlq, component="worker")
         self.stats = WorkerStats()
