@@ -32,22 +32,22 @@ def test_a_consumer_joining_a_new_topic_owns_every_partition(kafka_settings, kaf
     try:
         for round_ in range(ROUNDS):
             topic = f"{settings.kafka.topic_prefix}join-{round_}"
-            admin.create_topics([NewTopic(topic, PARTITIONS, 1)])
+            admin.create_topics([NewTopic(topic, PARTITIONS, settings.kafka.replication_factor)])
             group = f"join-{uuid.uuid4().hex[:8]}"
             consumer = KafkaConsumer(**consumer_config(settings, broker, group))
             try:
-                records = [(str(k).encode(), b"x") for k in range(8)]
+                sent = [(str(k).encode(), b"x") for k in range(8)]
                 # the records arrive while the consumer joins (it polls right away)
-                sender = threading.Timer(0.3, produce, (settings, broker, topic, records))
+                sender = threading.Timer(0.3, produce, (settings, broker, topic, sent))
                 sender.start()
                 subscribe(consumer, [topic])
                 got, end = 0, time.time() + 30
-                while got < 8 and time.time() < end:
-                    for records in consumer.poll(timeout_ms=200).values():
-                        got += len(records)
+                while got < len(sent) and time.time() < end:
+                    for batch in consumer.poll(timeout_ms=200).values():
+                        got += len(batch)
                 sender.join()
                 owned = sorted(tp.partition for tp in consumer.assignment())
-                assert (round_, got, owned) == (round_, 8, list(range(PARTITIONS)))
+                assert (round_, got, owned) == (round_, len(sent), list(range(PARTITIONS)))
             finally:
                 consumer.close(autocommit=False)
     finally:
