@@ -11,18 +11,23 @@ in memory:
 * **bare loop** — the batches pre-built as tensors, then only forward, BCE, backward and
   ``optimizer.step()``.
 
-``--decoder inline|process`` picks the sample decoder (default: the setting
-``IDPROXY_TRAINER_SAMPLE_DECODER``). The helper process uses a second core: on a machine
-with one core, or with ``IDPROXY_TRAINER_THREADS`` torch threads busy on every core, the
-inline decoder is the fair figure.
+The two loops alternate in blocks of ``--block`` batches within one pass over the stream
+(:func:`paired_run`), so a drift of the machine's speed hits both alike; a pass's ratio is
+the bare loop's seconds over the trainer's on the same samples.
+
+Threads: the trainer runs with its setting ``IDPROXY_TRAINER_THREADS``; the bare loop with
+torch's own default (all cores; ``--bare-threads``), so a trainer configuration that
+trades torch threads for a decoder process is compared with the bare loop at its best,
+not with a bare loop slowed to the same thread count. ``--decoder inline|process`` picks
+the sample decoder (default: the setting ``IDPROXY_TRAINER_SAMPLE_DECODER``).
 
 Kafka polling and checkpoints are not in either number (checkpoints are every N batches
 and are measured by the trainer's own logs). Sizes default to MovieLens-100K (943 users,
 1,682 items, 100,000 samples: users' histories fill up to ``history_len`` as in the real
 stream) with the SmolLM2 feature sizes (D = 576, G = 3, d = settings.model.id_dim);
 features and clicks are random.
-The goal is a ratio trainer / bare ≥ 0.8: the median over repeats of the ratio of
-two back-to-back runs. Ends with one JSON line.
+The goal is a ratio trainer / bare ≥ 0.8, the median over ``--repeats`` passes. Ends with
+one JSON line.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ import random
 import statistics
 import time
 from collections import namedtuple
+from dataclasses import dataclass
 
 from idproxy.settings import Settings
 
@@ -46,7 +52,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--users", type=int, default=943)
     parser.add_argument("--items", type=int, default=1682)
     parser.add_argument("--hidden", type=int, default=576, help="D of the cached features")
-    parser.add_argument("--repeats", type=int, default=5, help="interleaved repeats (median)")
+    parser.add_argument("--repeats", type=int, default=5, help="passes per variant (median)")
+    parser.add_argument(
+        "--block", type=int, default=20, help="batches per block: trainer and bare alternate"
+    )
+    parser.add_argument(
+        "--bare-threads",
+        type=int,
+        default=None,
+        help="torch threads of the bare loop (default: torch's own default, all cores)",
+    )
     parser.add_argument(
         "--decoder",
         choices=("process", "inline"),
@@ -135,47 +150,73 @@ def model_and_optimizer(settings, variant: str, hidden: int):
     return model, attach_optimizer(model, t.online_lr, t.online_adaptor_lr_scale)
 
 
-def trainer_loop(settings, variant, hidden, cache, chunks):
-    """-> (samples/s, trained model) of ``TrainerCore.feed`` over the record chunks.
+@dataclass
+class PairedRun:
+    """One pass over the stream, trainer and bare loop alternating block by block.
 
-    The clock starts once the core (and its decoder: a helper process takes ~0.3 s to
-    start, once per trainer run) is up and stops when the last batch has trained.
+    trainer_s / bare_s: seconds per block (same samples on both sides); the models after.
     """
-    from trainer.online import TrainerCore
 
-    model, optimizer = model_and_optimizer(settings, variant, hidden)
-    core = TrainerCore(settings, model, optimizer, cache)
-    try:
-        started = time.perf_counter()
-        for chunk in chunks:
-            core.feed(chunk)
-        core.flush()
-        return core.samples / (time.perf_counter() - started), model
-    finally:
-        core.close()
+    samples: int
+    trainer_s: list[float]
+    bare_s: list[float]
+    trainer_model: object
+    bare_model: object
+
+    @property
+    def ratio(self) -> float:
+        """Trainer samples/s over bare samples/s on the whole pass (= bare s / trainer s)."""
+        return sum(self.bare_s) / sum(self.trainer_s)
 
 
-def bare_loop(settings, variant, hidden, cache, chunks):
-    """-> (samples/s, trained model) of forward/BCE/backward/step on pre-built batches."""
+def paired_run(settings, variant, hidden, cache, chunks, *, block: int, bare_threads: int):
+    """Trains two fresh models of ``variant`` over ``chunks``: ``TrainerCore`` and a bare loop.
+
+    The two alternate every ``block`` chunks, so a drift of the machine's speed (seconds to
+    minutes) hits both sides alike. Trainer block: ``feed`` each chunk, then ``flush`` (its
+    first batch's decode is never overlapped), at ``settings.trainer.threads`` torch
+    threads; the decoder (a helper process takes ~0.3 s to start) is up before the clock.
+    Bare block: its batches are built untimed from the same records, then forward, BCE,
+    backward and ``optimizer.step()`` at ``bare_threads`` torch threads.
+    """
     import torch
     import torch.nn.functional as F
 
-    from trainer.online import BatchBuilder, decoder_state
+    from trainer.online import BatchBuilder, TrainerCore, decoder_state
     from trainer.sample_decoder import SampleDecoder
 
     model, optimizer = model_and_optimizer(settings, variant, hidden)
-    builder = BatchBuilder(model, cache)
-    decoder = SampleDecoder(decoder_state(settings, model))
-    batches = [builder.build(decoder.decode([r.value for r in chunk])) for chunk in chunks]
-    n = sum(len(b.labels) for b in batches)
-    started = time.perf_counter()
-    for batch in batches:
-        loss = F.binary_cross_entropy_with_logits(model(batch), batch.labels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-    torch.sigmoid(loss.detach())
-    return n / (time.perf_counter() - started), model
+    core = TrainerCore(settings, model, optimizer, cache)
+    bare, bare_optimizer = model_and_optimizer(settings, variant, hidden)
+    builder = BatchBuilder(bare, cache)
+    decoder = SampleDecoder(decoder_state(settings, bare))
+    trainer_s, bare_s, n = [], [], 0
+    try:
+        for k in range(0, len(chunks), block):
+            part = chunks[k : k + block]
+            torch.set_num_threads(settings.trainer.threads)
+            started = time.perf_counter()
+            for chunk in part:
+                core.feed(chunk)
+            core.flush()
+            trainer_s.append(time.perf_counter() - started)
+
+            batches = [builder.build(decoder.decode([r.value for r in chunk])) for chunk in part]
+            n += sum(len(b.labels) for b in batches)
+            torch.set_num_threads(bare_threads)
+            started = time.perf_counter()
+            for batch in batches:
+                loss = F.binary_cross_entropy_with_logits(bare(batch), batch.labels)
+                bare_optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                bare_optimizer.step()
+            torch.sigmoid(loss.detach())
+            bare_s.append(time.perf_counter() - started)
+    finally:
+        core.close()
+    if core.samples != n:
+        raise RuntimeError(f"the trainer trained {core.samples} samples, the bare loop {n}")
+    return PairedRun(n, trainer_s, bare_s, model, bare)
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
@@ -189,30 +230,27 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     if args.decoder:
         t = settings.trainer.model_copy(update={"sample_decoder": args.decoder})
         settings = settings.model_copy(update={"trainer": t})
-    decoder = settings.trainer.sample_decoder
-    torch.set_num_threads(settings.trainer.threads)
+    decoder, threads = settings.trainer.sample_decoder, settings.trainer.threads
+    bare_threads = args.bare_threads or torch.get_num_threads()  # torch's default: all cores
     console = Console()
     cache, records = world(args, settings)
     size = settings.trainer.online_batch_size
     chunks = [records[k : k + size] for k in range(0, len(records), size)]
     for variant in ("idproxy", "id-only"):  # warm-up: first-call costs out of the timings
-        trainer_loop(settings, variant, args.hidden, cache, chunks[:3])
-        bare_loop(settings, variant, args.hidden, cache, chunks[:3])
-    rates: dict[tuple[str, str], list[float]] = {}
-    jobs = [
-        (v, side)
-        for _ in range(args.repeats)
-        for v in ("idproxy", "id-only")
-        for side in ("trainer", "bare")
-    ]
-    for variant, side in tqdm(jobs, desc="bench trainer", unit="run"):
-        loop = trainer_loop if side == "trainer" else bare_loop
-        rate, _ = loop(settings, variant, args.hidden, cache, chunks)
-        rates.setdefault((variant, side), []).append(rate)
+        paired_run(settings, variant, args.hidden, cache, chunks[:3], block=1, bare_threads=1)
+    runs: dict[str, list[PairedRun]] = {"idproxy": [], "id-only": []}
+    jobs = [v for _ in range(args.repeats) for v in runs]
+    for variant in tqdm(jobs, desc="bench trainer", unit="pass"):
+        run = paired_run(
+            settings, variant, args.hidden, cache, chunks, block=args.block,
+            bare_threads=bare_threads,
+        )  # fmt: skip
+        runs[variant].append(run)
 
     table = Table(
         title=f"online trainer, {args.samples} samples, batch {size}, {decoder} decoder,"
-        f" {settings.trainer.threads} torch threads, median of {args.repeats}"
+        f" torch threads {threads} (trainer) / {bare_threads} (bare), blocks of"
+        f" {args.block} batches, median of {args.repeats} passes"
     )
     for col in ("variant", "trainer loop samples/s", "bare loop samples/s", "ratio", "range"):
         table.add_column(col)
@@ -220,28 +258,26 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         "bench": "trainer",
         "samples": args.samples,
         "batch": size,
+        "block": args.block,
         "hidden": args.hidden,
         "decoder": decoder,
-        "threads": settings.trainer.threads,
+        "threads": threads,
+        "bare_threads": bare_threads,
     }
-    for variant in ("idproxy", "id-only"):
-        tr, bare = rates[(variant, "trainer")], rates[(variant, "bare")]
-        # each repeat runs the two loops back to back: the ratio of a pair is robust to
-        # slow drifts of the machine's speed, so the figure is the median pair ratio
-        ratios = [t / b for t, b in zip(tr, bare, strict=True)]
+    for variant, passes in runs.items():
+        ratios = [r.ratio for r in passes]
         ratio = statistics.median(ratios)
+        tr = statistics.median(r.samples / sum(r.trainer_s) for r in passes)
+        bare = statistics.median(r.samples / sum(r.bare_s) for r in passes)
         table.add_row(
-            variant,
-            f"{statistics.median(tr):,.0f}",
-            f"{statistics.median(bare):,.0f}",
-            f"{ratio:.3f}",
+            variant, f"{tr:,.0f}", f"{bare:,.0f}", f"{ratio:.3f}",
             f"{min(ratios):.3f}–{max(ratios):.3f}",
-        )
+        )  # fmt: skip
         key = variant.replace("-", "_")
         summary.update(
             {
-                f"{key}_trainer_sps": round(statistics.median(tr), 1),
-                f"{key}_bare_sps": round(statistics.median(bare), 1),
+                f"{key}_trainer_sps": round(tr, 1),
+                f"{key}_bare_sps": round(bare, 1),
                 f"{key}_ratio": round(ratio, 3),
                 f"{key}_ratio_range": [round(min(ratios), 3), round(max(ratios), 3)],
             }

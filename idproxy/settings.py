@@ -139,7 +139,9 @@ class TrainerSettings(BaseModel):
     warmup_epochs: int = 1
     cb2cf_steps: int = Field(300, description="Full-batch steps of the v2 content->ID MLP")
     quick_events: int = Field(4000, description="Events used by `bench table1 --quick`")
-    threads: int = Field(2, description="torch threads of the Table-1 benchmark")
+    threads: int = Field(
+        2, ge=1, description="torch threads of the online trainer and the ranker benchmarks"
+    )
     # ---- the online Stage-2 trainer (`idproxy trainer`, trainer/online.py)
     online_batch_size: int = Field(256, description="Samples per online mini-batch")
     sample_decoder: Literal["inline", "process"] = Field(

@@ -22,15 +22,19 @@ def _tiny_args(**overrides) -> argparse.Namespace:
 
 @pytest.mark.parametrize("variant", ["idproxy", "id-only"])
 def test_trainer_loop_and_bare_loop_train_the_same_model(variant):
-    """The ratio compares like with like: same batches, same steps, same weights after."""
+    """The ratio compares like with like: same batches, same steps, same weights after,
+    alternating in blocks of 2 batches (the last block is short)."""
     settings = Settings()
     args = _tiny_args()
     cache, records = bench_trainer.world(args, settings)
     size = settings.trainer.online_batch_size
     chunks = [records[k : k + size] for k in range(0, len(records), size)]
-    _, trained = bench_trainer.trainer_loop(settings, variant, args.hidden, cache, chunks)
-    _, bare = bench_trainer.bare_loop(settings, variant, args.hidden, cache, chunks)
-    trained_state, bare_state = trained.state_dict(), bare.state_dict()
+    run = bench_trainer.paired_run(
+        settings, variant, args.hidden, cache, chunks, block=2, bare_threads=1
+    )
+    assert run.samples == len(records)  # the bench's records are all distinct and valid
+    assert len(run.trainer_s) == len(run.bare_s) == (len(chunks) + 1) // 2
+    trained_state, bare_state = run.trainer_model.state_dict(), run.bare_model.state_dict()
     assert trained_state.keys() == bare_state.keys()
     for name, value in trained_state.items():
         if name.endswith("counts"):  # update counts are trainer bookkeeping
