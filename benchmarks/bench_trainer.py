@@ -210,7 +210,6 @@ def paired_run(settings, variant, hidden, cache, chunks, *, block: int, bare_thr
                 bare_optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 bare_optimizer.step()
-            torch.sigmoid(loss.detach())
             bare_s.append(time.perf_counter() - started)
     finally:
         core.close()
@@ -225,6 +224,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     from rich.table import Table
     from tqdm import tqdm
 
+    if args.block < 1 or args.repeats < 1:
+        raise SystemExit("bench trainer: --block and --repeats must be at least 1")
     if args.tiny:
         args.samples, args.users, args.items, args.hidden = 2000, 100, 200, 32
     if args.decoder:
@@ -237,7 +238,10 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     size = settings.trainer.online_batch_size
     chunks = [records[k : k + size] for k in range(0, len(records), size)]
     for variant in ("idproxy", "id-only"):  # warm-up: first-call costs out of the timings
-        paired_run(settings, variant, args.hidden, cache, chunks[:3], block=1, bare_threads=1)
+        paired_run(
+            settings, variant, args.hidden, cache, chunks[:3], block=1,
+            bare_threads=bare_threads,
+        )  # fmt: skip
     runs: dict[str, list[PairedRun]] = {"idproxy": [], "id-only": []}
     jobs = [v for _ in range(args.repeats) for v in runs]
     for variant in tqdm(jobs, desc="bench trainer", unit="pass"):
