@@ -94,7 +94,7 @@ class GrowingEmbedding(nn.Module):
         for r in rows:
             used[r.cpu().numpy()] = True
         used[0] = False
-        self.counts += torch.from_numpy(used).to(self.counts.device)
+        self.counts.add_(torch.from_numpy(used).to(self.counts.device))  # in place: no temporary
 
     def forward(self, rows: torch.Tensor) -> torch.Tensor:
         """rows [*] -> [*, d]; row 0 gives zeros."""

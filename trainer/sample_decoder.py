@@ -1,16 +1,18 @@
 """TrainingSample records -> row arrays for the online trainer, in its process or beside it.
 
-The trainer's per-sample Python work is: decode and validate the JSON (the compiled decoder
-of ``streams.fast_decode``), drop repeats by ``sample_id``, and look up the table rows of
-the user, the target item and up to ``history_len`` history items (~20 string hashes and
-dict look-ups per sample). On MovieLens-100K sizes that costs about a third of the id-only
-ranker's own training step. :class:`SampleDecoder` does this work for a batch and returns
-plain numpy arrays (:class:`DecodedBatch`); it imports neither torch nor Kafka.
+The trainer's per-sample work before its training step is: decode and validate the JSON,
+drop repeats by ``sample_id``, and look up the table rows of the user, the target item and
+up to ``history_len`` history items (~22 ids per sample). In CPython that cost about a
+quarter of the id-only ranker's own step (each id a fresh string, hashed and looked up),
+so :class:`SampleDecoder` does it in the compiled ``idproxy_native`` module (``native/``,
+Rust) for batches in the strict JSON form, and keeps the pydantic schema as the judge of
+every other record. It returns plain numpy arrays (:class:`DecodedBatch`); it imports
+neither torch nor Kafka.
 
 Two ways to run it, with the same ``submit(values)`` / ``collect()`` interface, one batch in
 flight at a time:
 
-* :class:`InlineDecoder` — in the trainer's process (tests, single-core machines);
+* :class:`SampleDecoder` itself — in the trainer's process (the default);
 * :class:`DecoderProcess` — in a child process (``python -m trainer.sample_decoder``), so
   on a machine with a second core the trainer trains batch k while batch k+1 is decoded.
   The two talk over pipes with length-prefixed binary frames (no pickle): the child's
@@ -50,18 +52,24 @@ import struct
 import subprocess
 import sys
 from array import array
-from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
-from itertools import chain, islice
-from operator import attrgetter
 from typing import BinaryIO, Protocol
 
+import msgspec
 import numpy as np
 from pydantic import BaseModel, Field
 
 from streams.events import EventError, TrainingSample
 from streams.fast_decode import fast_decoder
+
+try:
+    from idproxy_native import RowDecoder, strict_error
+except ImportError as exc:
+    raise ImportError(
+        "the trainer's compiled sample decoder (idproxy_native) is not installed:"
+        " run `make setup`, which builds native/ with cargo"
+    ) from exc
 
 _LENGTH = struct.Struct("<Q")  # a frame's payload length
 _COUNT = struct.Struct("<I")
@@ -143,141 +151,55 @@ class DecodedBatch:
         )
 
 
-class RecentIds:
-    """A bounded set of recent sample ids (FIFO eviction) for de-duplication."""
-
-    def __init__(self, size: int, ids: Sequence[str] = ()) -> None:
-        self.order: deque[str] = deque(ids, maxlen=size)  # the newest ``size`` ids
-        self.members: set[str] = set(self.order)
-
-    def keep_new(self, samples: list) -> list:
-        """The samples whose ``sample_id`` is not here yet (in order); adds their ids.
-
-        The usual batch (no repeats, smaller than the window) takes set operations only.
-        """
-        order, members, size = self.order, self.members, self.order.maxlen
-        ids = list(map(_SAMPLE_ID, samples))
-        if len(ids) <= size and members.isdisjoint(ids) and len(set(ids)) == len(ids):
-            evicted = len(order) + len(ids) - size
-            if evicted > 0:
-                members.difference_update(islice(order, evicted))
-            order.extend(ids)
-            members.update(ids)
-            return samples
-        fresh = []
-        for s, sid in zip(samples, ids, strict=True):
-            if sid in members:
-                continue
-            if len(order) == size:
-                members.discard(order[0])
-            order.append(sid)
-            members.add(sid)
-            fresh.append(s)
-        return fresh
-
-
-def _rows(index: dict[str, int], ids: Sequence[str]) -> tuple[np.ndarray, list[str]]:
-    """ids -> (rows int64 [len(ids)], the ids that took new rows, in order); grows ``index``."""
-    try:  # the usual batch: every id has a row already
-        return np.fromiter(map(index.__getitem__, ids), np.int64, len(ids)), []
-    except KeyError:
-        pass
-    added: list[str] = []
-    for i in ids:
-        if i not in index:
-            added.append(i)
-            index[i] = len(index) + 1
-    return np.fromiter(map(index.__getitem__, ids), np.int64, len(ids)), added
-
-
 class SampleDecoder:
-    """Records (bytes, or None for a tombstone) -> :class:`DecodedBatch`."""
+    """Records (bytes, or None for a tombstone) -> :class:`DecodedBatch`.
+
+    The compiled :class:`idproxy_native.RowDecoder` (``native/``) holds the state (the id
+    -> row maps, the recent sample ids) and decodes a batch whose records are all in
+    TrainingSample's *strict* JSON form (exact JSON types, no unknown fields) — what the
+    stream processor writes. A batch with any other record (malformed, a tombstone, or lax
+    such as ``"label": "1"``) takes the Python path: each record goes through the pydantic
+    schema (:func:`streams.fast_decode.fast_decoder`), a bad one is rejected with
+    pydantic's reason, and a good one is re-encoded in the strict form; the compiled
+    decoder then takes those. So a record is accepted exactly when pydantic accepts it.
+    """
 
     def __init__(self, state: DecoderState) -> None:
         self.history_len = state.history_len
-        self.tau = state.new_item_interactions
-        self.max_age = state.new_item_age_s
         self.decode_one = fast_decoder(TrainingSample)
-        self.recent = RecentIds(state.dedup_window, state.recent_ids)
-        self.users = {u: r for r, u in enumerate(state.user_ids, 1)}
-        self.items = {i: r for r, i in enumerate(state.item_ids, 1)}
+        self.rows = RowDecoder(
+            state.history_len,
+            state.dedup_window,
+            state.new_item_interactions,
+            state.new_item_age_s,
+            state.user_ids,
+            state.item_ids,
+            state.recent_ids,
+        )
+        self.values: list[bytes | None] | None = None  # the batch in flight
 
     def decode(self, values: Sequence[bytes | None]) -> DecodedBatch:
-        decoded, rejected = [], []
-        decode_one = self.decode_one
-        for k, value in enumerate(values):
-            try:
-                decoded.append(decode_one(value))
-            except EventError as exc:
-                rejected.append((k, str(exc)))
-        samples = self.recent.keep_new(decoded)
-        h, n = self.history_len, len(samples)
-        if not n:
-            return _empty_batch(h, rejected)
-        # columns by C-level iteration (attrgetter + zip) instead of a Python loop
-        sample_ids, user_ids, item_ids, hists, labels, interactions, ages, ts = zip(
-            *map(_COLUMNS, samples), strict=True
-        )
-        lengths = np.fromiter(map(len, hists), np.int64, n)
-        if lengths.max() > h:  # keep the newest h
-            hists = [x[-h:] for x in hists]
-            lengths = np.minimum(lengths, h)
-        users, new_users = _rows(self.users, user_ids)
-        rows, new_items = _rows(self.items, [*item_ids, *chain.from_iterable(hists)])
-        history = np.zeros((n, h), np.int64)
-        history[np.arange(h) < lengths[:, None]] = rows[n:]  # targets first, then histories
-        age = np.array(ages, np.float64)  # None -> NaN, which is never < max_age
+        values, rejected = list(values), []
+        columns = self.rows.decode(values)
+        if columns is None:  # a record is not in the strict form: the Python path
+            strict, rejected = self._strict_forms(values)
+            columns = self.rows.decode(strict)
+        sample_ids, users, items, history, labels, is_new, ts, new_users, new_items = columns
+        n, i8 = len(sample_ids), np.dtype("<i8")
         return DecodedBatch(
-            users=users,
-            items=rows[:n],
-            history=history,
-            labels=np.array(labels, np.float32),
-            is_new=(np.array(interactions) < self.tau) | (age < self.max_age),
-            ts=np.array(ts, np.float64),
-            sample_ids=list(sample_ids),
+            users=np.frombuffer(users, i8),
+            items=np.frombuffer(items, i8),
+            history=np.frombuffer(history, i8).reshape(n, self.history_len),
+            labels=np.frombuffer(labels, "<f4"),
+            is_new=np.frombuffer(is_new, np.bool_),
+            ts=np.frombuffer(ts, "<f8"),
+            sample_ids=sample_ids,
             new_user_ids=new_users,
             new_item_ids=new_items,
             rejected=rejected,
         )
 
-
-_SAMPLE_ID = attrgetter("sample_id")
-_COLUMNS = attrgetter(
-    "sample_id", "user_id", "item_id", "history", "label", "item_interactions", "item_age_s", "ts"
-)
-
-
-def _empty_batch(history_len: int, rejected: list[tuple[int, str]]) -> DecodedBatch:
-    rows = np.zeros(0, np.int64)
-    return DecodedBatch(
-        users=rows,
-        items=rows,
-        history=np.zeros((0, history_len), np.int64),
-        labels=np.zeros(0, np.float32),
-        is_new=np.zeros(0, bool),
-        ts=np.zeros(0, np.float64),
-        sample_ids=[],
-        new_user_ids=[],
-        new_item_ids=[],
-        rejected=rejected,
-    )
-
-
-class Decoder(Protocol):
-    """submit(values) then collect() -> DecodedBatch; one batch in flight; close()."""
-
-    def submit(self, values: list[bytes | None]) -> None: ...
-    def collect(self) -> DecodedBatch: ...
-    def close(self) -> None: ...
-
-
-class InlineDecoder:
-    """A :class:`SampleDecoder` in the caller's process (decodes at ``collect``)."""
-
-    def __init__(self, state: DecoderState) -> None:
-        self.decoder = SampleDecoder(state)
-        self.values: list[bytes | None] | None = None
-
+    # the Decoder interface, in the caller's process: decodes at collect()
     def submit(self, values: list[bytes | None]) -> None:
         if self.values is not None:
             raise RuntimeError("a batch is already in flight: collect() it first")
@@ -287,10 +209,38 @@ class InlineDecoder:
         if self.values is None:
             raise RuntimeError("no batch in flight")
         values, self.values = self.values, None
-        return self.decoder.decode(values)
+        return self.decode(values)
 
     def close(self) -> None:
         self.values = None
+
+    def _strict_forms(self, values: list[bytes | None]) -> tuple[list[bytes], list]:
+        """-> (the accepted records re-encoded in the strict form, (index, reason) of the rest)."""
+        strict, rejected = [], []
+        for k, value in enumerate(values):
+            try:
+                sample = self.decode_one(value)
+            except EventError as exc:
+                rejected.append((k, str(exc)))
+                continue
+            if isinstance(sample, msgspec.Struct):
+                form = msgspec.json.encode(sample)
+            else:  # accepted by pydantic's lax mode only
+                form = sample.model_dump_json().encode()
+            reason = strict_error(form)  # values pydantic takes but int64/float64 cannot
+            if reason is None:
+                strict.append(form)
+            else:
+                rejected.append((k, f"TrainingSample out of the trainer's range: {reason}"))
+        return strict, rejected
+
+
+class Decoder(Protocol):
+    """submit(values) then collect() -> DecodedBatch; one batch in flight; close()."""
+
+    def submit(self, values: list[bytes | None]) -> None: ...
+    def collect(self) -> DecodedBatch: ...
+    def close(self) -> None: ...
 
 
 class DecoderDied(RuntimeError):
@@ -412,11 +362,11 @@ class DecoderProcess:
 
 
 def open_decoder(kind: str, state: DecoderState) -> Decoder:
-    """``"process"`` -> :class:`DecoderProcess`, ``"inline"`` -> :class:`InlineDecoder`."""
+    """``"process"`` -> :class:`DecoderProcess`, ``"inline"`` -> :class:`SampleDecoder`."""
     if kind == "process":
         return DecoderProcess(state)
     if kind == "inline":
-        return InlineDecoder(state)
+        return SampleDecoder(state)
     raise ValueError(f"unknown sample decoder {kind!r} (process or inline)")
 
 

@@ -14,7 +14,7 @@ from trainer.sample_decoder import (
     DecoderDied,
     DecoderProcess,
     DecoderState,
-    InlineDecoder,
+    SampleDecoder,
     decode_records,
     encode_records,
 )
@@ -61,7 +61,7 @@ def test_records_frame_round_trip_keeps_tombstones_and_empty_values():
 
 
 def test_process_and_inline_decoders_give_the_same_batches():
-    inline, child = InlineDecoder(STATE), DecoderProcess(STATE)
+    inline, child = SampleDecoder(STATE), DecoderProcess(STATE)
     try:
         for values, _ in _batches():
             inline.submit(values)
@@ -75,7 +75,7 @@ def test_process_and_inline_decoders_give_the_same_batches():
 
 
 def test_decoder_keeps_rows_repeats_and_rejections_straight():
-    decoder = InlineDecoder(STATE)
+    decoder = SampleDecoder(STATE)
     by_id = {s.sample_id: s for s in samples(60, n_users=6, n_items=12)}
     seen_users, seen_items = list(STATE.user_ids), list(STATE.item_ids)
     kept: list[str] = []
