@@ -78,6 +78,9 @@ class KafkaSettings(BaseModel):
     topic_prefix: str = ""
     compression: Literal["gzip", "none"] = "gzip"
     request_timeout_ms: int = 30000
+    outage_backoff_s: float = Field(
+        1.0, description="Wait after a poll failed because the broker is away, then poll again"
+    )
     partitions: int = 4
     replication_factor: int = 1
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"

@@ -2,7 +2,8 @@
 
 SIGTERM/SIGINT set a flag, the loop finishes its batch, commits and exits. A commit that
 fails because the broker is away is logged, not fatal: the output was already made
-durable, so the worst case is a re-delivery that the idempotent writes absorb.
+durable, so the worst case is a re-delivery that the idempotent writes absorb. A poll that
+fails because the broker is away is logged and retried after a back-off.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import contextlib
 import logging
 import signal
 import threading
+import time
 from collections.abc import Callable, Iterator
 
 log = logging.getLogger(__name__)
@@ -30,6 +32,23 @@ def commit_or_log(consumer, offsets: dict | None = None) -> bool:
         log.warning("offset commit failed (%s); the work is durable and will be re-read", exc)
         return False
     return True
+
+
+def poll_or_wait(consumer, backoff_s: float, **poll_kwargs) -> dict:
+    """``consumer.poll(**poll_kwargs)``; when it raises a retriable Kafka error (kafka-python
+    3.x raises a broker outage, e.g. ``KafkaConnectionError``, out of ``poll``) logs, waits
+    ``backoff_s`` seconds and returns ``{}``, so the loop polls again once the broker is
+    back. Non-retriable errors (bad configuration, authorization) still raise."""
+    from kafka.errors import KafkaError
+
+    try:
+        return consumer.poll(**poll_kwargs)
+    except KafkaError as exc:
+        if not getattr(exc, "retriable", False):
+            raise
+        log.warning("poll failed (%s); polling again in %.1f s", exc, backoff_s)
+        time.sleep(backoff_s)
+        return {}
 
 
 @contextlib.contextmanager

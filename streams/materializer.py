@@ -25,7 +25,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from idproxy.settings import Settings
-from streams.lifecycle import commit_or_log, stop_signals
+from streams.lifecycle import commit_or_log, poll_or_wait, stop_signals
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +149,12 @@ class Materializer:
             except StoreIOError as exc:
                 self._back_off(exc)
                 return 0
-        polled = self.consumer.poll(timeout_ms=timeout_ms, max_records=2000)
+        polled = poll_or_wait(
+            self.consumer,
+            self.settings.kafka.outage_backoff_s,
+            timeout_ms=timeout_ms,
+            max_records=2000,
+        )
         messages = [m for records in polled.values() for m in records]
         try:
             if messages:

@@ -29,7 +29,7 @@ from pathlib import Path
 from kafka import ConsumerRebalanceListener
 
 from idproxy.settings import Settings
-from streams.lifecycle import commit_or_log, stop_signals
+from streams.lifecycle import commit_or_log, poll_or_wait, stop_signals
 
 log = logging.getLogger(__name__)
 
@@ -98,8 +98,11 @@ class ProxyWorker:
         deadline = None
         while len(batch) < w.batch_max_items and not self.stopping:
             timeout = 200 if deadline is None else max(0, int((deadline - time.time()) * 1000))
-            polled = self.consumer.poll(
-                timeout_ms=timeout, max_records=w.batch_max_items - len(batch)
+            polled = poll_or_wait(
+                self.consumer,
+                self.settings.kafka.outage_backoff_s,
+                timeout_ms=timeout,
+                max_records=w.batch_max_items - len(batch),
             )
             for records in polled.values():
                 batch.extend(records)

@@ -98,6 +98,7 @@ class ContentReader:
 
         self.cache = cache
         self.topics = topics
+        self.outage_backoff_s = settings.kafka.outage_backoff_s
         self.consumer = KafkaConsumer(**consumer_config(settings, broker, None))
         parts = []
         for topic in (topics.item_features, topics.proxies):
@@ -125,7 +126,11 @@ class ContentReader:
         return len(records)
 
     def poll(self, timeout_ms: int = 0) -> int:
-        polled = self.consumer.poll(timeout_ms=timeout_ms, max_records=5000)
+        from streams.lifecycle import poll_or_wait
+
+        polled = poll_or_wait(
+            self.consumer, self.outage_backoff_s, timeout_ms=timeout_ms, max_records=5000
+        )
         return sum(self._handle(records) for records in polled.values())
 
     def catch_up(self, timeout_s: float = 60.0) -> int:

@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from kafka.errors import KafkaError
 
 from idproxy.settings import Settings
-from streams.lifecycle import commit_or_log, stop_signals
+from streams.lifecycle import commit_or_log, poll_or_wait, stop_signals
 from trainer.checkpoint import CheckpointDir, Predictions, load_optimizer, model_state
 from trainer.item_cache import REPROXY_PREFIX, ContentReader, ItemCache
 from trainer.online_model import Batch, OnlineRanker, OnlineShape, Variant
@@ -418,8 +418,11 @@ class OnlineTrainer(TrainerCore):
         deadline = None
         while len(batch) < t.online_batch_size and not self.stopping:
             timeout = 200 if deadline is None else max(0, int((deadline - time.time()) * 1000))
-            polled = self.consumer.poll(
-                timeout_ms=timeout, max_records=t.online_batch_size - len(batch)
+            polled = poll_or_wait(
+                self.consumer,
+                self.settings.kafka.outage_backoff_s,
+                timeout_ms=timeout,
+                max_records=t.online_batch_size - len(batch),
             )
             for records in polled.values():
                 batch.extend(records)
