@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from streams.lifecycle import poll_or_wait
+
 log = logging.getLogger(__name__)
 
 REPROXY_PREFIX = "reproxy-"
@@ -126,8 +128,6 @@ class ContentReader:
         return len(records)
 
     def poll(self, timeout_ms: int = 0) -> int:
-        from streams.lifecycle import poll_or_wait
-
         polled = poll_or_wait(
             self.consumer, self.outage_backoff_s, timeout_ms=timeout_ms, max_records=5000
         )

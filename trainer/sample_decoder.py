@@ -158,7 +158,7 @@ class SampleDecoder:
     -> row maps, the recent sample ids) and decodes a batch whose records are all in
     TrainingSample's *strict* JSON form (exact JSON types, no unknown fields) — what the
     stream processor writes. A batch with any other record (malformed, a tombstone, or lax
-    such as ``"label": "1"``) takes the Python path: each record goes through the pydantic
+    such as ``"ts": "5"``) takes the Python path: each record goes through the pydantic
     schema (:func:`streams.fast_decode.fast_decoder`), a bad one is rejected with
     pydantic's reason, and a good one is re-encoded in the strict form; the compiled
     decoder then takes those. So a record is accepted exactly when pydantic accepts it.

@@ -24,13 +24,11 @@
 //! for de-duplication (a FIFO window).
 use std::borrow::Cow;
 use std::collections::VecDeque;
-use std::fmt;
 
 use foldhash::{HashMap, HashSet};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyBytes, PyList};
-use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde::Deserialize;
 
 /// An id string, borrowed from the record unless it holds escapes.
@@ -60,60 +58,23 @@ struct Sample<'a> {
     item_known: bool,
     #[serde(default)]
     #[allow(dead_code)]
-    context: Context,
+    context: std::collections::HashMap<String, Scalar>,
 }
 
 fn schema_version_1() -> u64 {
     1
 }
 
-/// `context: dict[str, str | int | float]`, validated and dropped (the trainer ignores it).
-#[derive(Default)]
-struct Context;
-
-impl<'de> Deserialize<'de> for Context {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct Entries;
-        impl<'de> Visitor<'de> for Entries {
-            type Value = Context;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("an object of strings and numbers")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Context, A::Error> {
-                while map.next_entry::<IgnoredAny, Scalar>()?.is_some() {}
-                Ok(Context)
-            }
-        }
-        d.deserialize_map(Entries)
-    }
-}
-
-/// A JSON string or number (not a boolean, null, array or object).
-struct Scalar;
-
-impl<'de> Deserialize<'de> for Scalar {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct Value;
-        impl<'de> Visitor<'de> for Value {
-            type Value = Scalar;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a string or a number")
-            }
-            fn visit_str<E: de::Error>(self, _: &str) -> Result<Scalar, E> {
-                Ok(Scalar)
-            }
-            fn visit_i64<E: de::Error>(self, _: i64) -> Result<Scalar, E> {
-                Ok(Scalar)
-            }
-            fn visit_u64<E: de::Error>(self, _: u64) -> Result<Scalar, E> {
-                Ok(Scalar)
-            }
-            fn visit_f64<E: de::Error>(self, _: f64) -> Result<Scalar, E> {
-                Ok(Scalar)
-            }
-        }
-        d.deserialize_any(Value)
-    }
+/// A `context` value: pydantic's `str | int | float` (not a boolean, null, array or object).
+/// Validated and dropped: the trainer ignores `context`.
+#[derive(Deserialize)]
+#[serde(untagged)]
+#[allow(dead_code)]
+enum Scalar {
+    Text(String),
+    Int(i64),
+    UInt(u64),
+    Float(f64),
 }
 
 /// Parses one record in the strict form, or says why it is not in it.
@@ -188,7 +149,7 @@ fn parse_layout(raw: &[u8]) -> Option<Sample<'_>> {
         item_interactions,
         item_age_s,
         item_known,
-        context: Context,
+        context: Default::default(),
     })
 }
 
@@ -332,18 +293,18 @@ impl RecentIds {
     }
 }
 
-/// The kept samples of a batch (n of them, h = history_len), columns as little-endian bytes.
-struct Planned {
-    sample_ids: Vec<String>,
-    users: Vec<u8>,   // int64 [n]
-    items: Vec<u8>,   // int64 [n]
-    history: Vec<u8>, // int64 [n, h]: the newest h ids, left-aligned, 0 = pad
-    labels: Vec<u8>,  // float32 [n]
-    is_new: Vec<u8>,  // uint8 [n]
-    ts: Vec<u8>,      // float64 [n]
-    new_user_ids: Vec<String>,
-    new_item_ids: Vec<String>,
-}
+/// The kept samples of a batch, as Python sees them (see `RowDecoder.decode`).
+type Columns<'py> = (
+    Vec<String>,
+    Bound<'py, PyByteArray>,
+    Bound<'py, PyByteArray>,
+    Bound<'py, PyByteArray>,
+    Bound<'py, PyByteArray>,
+    Bound<'py, PyByteArray>,
+    Bound<'py, PyByteArray>,
+    Vec<String>,
+    Vec<String>,
+);
 
 /// Strict TrainingSample records -> row columns; owns the id -> row maps and recent ids.
 #[pyclass(module = "idproxy_native")]
@@ -357,8 +318,9 @@ struct RowDecoder {
 }
 
 impl RowDecoder {
-    /// The batch's columns, or None (and no state changed) if a record is not strict.
-    fn plan(&mut self, records: &[&[u8]]) -> Option<Planned> {
+    /// The batch's columns (see `decode`), or None (and no state changed) if a record is
+    /// not strict.
+    fn plan<'py>(&mut self, py: Python<'py>, records: &[&[u8]]) -> Option<Columns<'py>> {
         let samples: Vec<Sample> = records
             .iter()
             .map(|raw| parse_strict(raw))
@@ -392,46 +354,18 @@ impl RowDecoder {
                 history[at..at + 8].copy_from_slice(&row.to_le_bytes());
             }
         }
-        let sample_ids = kept.iter().map(|s| s.sample_id.to_string()).collect();
-        Some(Planned {
-            sample_ids,
-            users,
-            items,
-            history,
-            labels,
-            is_new,
-            ts,
+        Some((
+            kept.iter().map(|s| s.sample_id.to_string()).collect(),
+            PyByteArray::new(py, &users),
+            PyByteArray::new(py, &items),
+            PyByteArray::new(py, &history),
+            PyByteArray::new(py, &labels),
+            PyByteArray::new(py, &is_new),
+            PyByteArray::new(py, &ts),
             new_user_ids,
             new_item_ids,
-        })
+        ))
     }
-}
-
-/// The kept samples of a batch, as Python sees them (see `RowDecoder.decode`).
-type Columns<'py> = (
-    Vec<String>,
-    Bound<'py, PyByteArray>,
-    Bound<'py, PyByteArray>,
-    Bound<'py, PyByteArray>,
-    Bound<'py, PyByteArray>,
-    Bound<'py, PyByteArray>,
-    Bound<'py, PyByteArray>,
-    Vec<String>,
-    Vec<String>,
-);
-
-fn columns(py: Python<'_>, p: Planned) -> Columns<'_> {
-    (
-        p.sample_ids,
-        PyByteArray::new(py, &p.users),
-        PyByteArray::new(py, &p.items),
-        PyByteArray::new(py, &p.history),
-        PyByteArray::new(py, &p.labels),
-        PyByteArray::new(py, &p.is_new),
-        PyByteArray::new(py, &p.ts),
-        p.new_user_ids,
-        p.new_item_ids,
-    )
 }
 
 #[pymethods]
@@ -486,7 +420,7 @@ impl RowDecoder {
             }
         }
         let raws: Vec<&[u8]> = records.iter().map(|b| b.as_bytes()).collect();
-        Ok(self.plan(&raws).map(|p| columns(py, p)))
+        Ok(self.plan(py, &raws))
     }
 }
 

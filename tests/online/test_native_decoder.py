@@ -13,8 +13,7 @@ from idproxy_native import RowDecoder, in_dump_layout, strict_error
 from streams.events import TrainingSample, parse_json, to_json
 from tests.online.synthetic import samples
 from tests.online.test_sample_decoder import STATE, _equal
-from tests.streams.test_fast_decode import VALID
-from tests.streams.test_fast_decode import json_values as mutation_values
+from tests.streams.test_fast_decode import VALID, json_values, mutated_records
 from trainer.sample_decoder import SampleDecoder
 
 H = 50  # history_len of the one-record decodes: long enough to keep every history id
@@ -53,17 +52,9 @@ def _expected(sample: TrainingSample) -> dict:
     }
 
 
-json_values = st.integers() | mutation_values  # unbounded ints: beyond int64 / uint64
-
-
 @settings(max_examples=400, deadline=None)
-@given(
-    drop=st.sets(st.sampled_from(sorted(VALID))),
-    replace=st.dictionaries(st.sampled_from([*sorted(VALID), "extra"]), json_values, max_size=3),
-)
-def test_what_the_strict_form_takes_pydantic_takes_with_the_same_values(drop, replace):
-    record = {k: v for k, v in VALID.items() if k not in drop} | replace
-    raw = json.dumps(record).encode()
+@given(raw=mutated_records(st.integers() | json_values))  # unbounded ints: past int64/uint64
+def test_what_the_strict_form_takes_pydantic_takes_with_the_same_values(raw):
     taken = _one(raw)
     assert (taken is None) == (strict_error(raw) is not None)
     if taken is not None:
