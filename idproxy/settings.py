@@ -116,6 +116,15 @@ class WorkerSettings(BaseModel):
     batch_max_wait_ms: int = 500
     max_text_chars: int = 4000
     max_image_bytes: int = 4 << 20
+    max_image_pixels: int = Field(
+        16_000_000, description="Images declaring more pixels (w*h) are refused before decoding"
+    )
+    image_formats: list[str] = Field(
+        ["JPEG", "PNG", "GIF", "WEBP"], description="PIL formats an upload may use"
+    )
+    image_draft_side: int = Field(
+        512, description="JPEGs decode at a reduced DCT scale keeping both sides >= this"
+    )
     image_root: str | None = Field(
         None, description="Directory that image_path events may read from; None rejects paths"
     )

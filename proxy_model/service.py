@@ -24,7 +24,7 @@ from proxy_model.encoder import ItemContent, MultimodalEncoder, build_default_en
 from proxy_model.encoder import build_tiny_encoder as _tiny_encoder
 from proxy_model.features import ContentFeaturizer, ItemFeatures, choose_layer_groups
 from proxy_model.heads import CoarseHead, FineHead
-from proxy_model.vision import decode_image
+from proxy_model.vision import ImageLimits, decode_image
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +69,7 @@ class ProxyService:
         bundle_root: Path | None = None,
         bundle: str | None = None,
         announces_version: bool = True,
+        image_limits: ImageLimits | None = None,
     ) -> None:
         self.featurizer = featurizer.eval()
         self.coarse = coarse.eval()
@@ -76,6 +77,7 @@ class ProxyService:
         self.proxy_version = proxy_version
         self.encoder_version = featurizer.version()
         self.max_image_bytes = max_image_bytes
+        self.image_limits = image_limits or ImageLimits(max_bytes=max_image_bytes)
         self.bundle_root = bundle_root
         self.bundle = bundle  # the loaded bundle's folder name, None for fresh heads
         # False when the bundle's creator (trainer re-proxy, realign) already published the
@@ -118,8 +120,9 @@ class ProxyService:
         return self.coarse.mlp[-1].out_features
 
     def load_image(self, data: bytes) -> Image.Image:
-        """Bytes -> RGB image; InvalidItemError when corrupt or over the size limit."""
-        return decode_image(data, self.max_image_bytes)
+        """Bytes -> RGB image; InvalidItemError when corrupt, of a format not allowed, or over
+        the byte or pixel limit (``image_limits``, checked before decoding)."""
+        return decode_image(data, limits=self.image_limits)
 
     @torch.no_grad()
     def proxies_from_features(
@@ -152,6 +155,7 @@ class ProxyService:
         bundle_root: Path | None = None,
         seed: int = 0,
         max_image_bytes: int = 4 << 20,
+        image_limits: ImageLimits | None = None,
     ) -> ProxyService:
         """Loads the newest bundle under ``bundle_root`` for this encoder, else fresh heads.
 
@@ -199,6 +203,7 @@ class ProxyService:
             bundle_root=bundle_root,
             bundle=version,
             announces_version=announces,
+            image_limits=image_limits,
         )
 
     @classmethod
@@ -223,6 +228,7 @@ class ProxyService:
             n_groups=m.n_layer_groups,
             bundle_root=bundle_root or Path(m.artifacts_dir),
             max_image_bytes=settings.worker.max_image_bytes,
+            image_limits=ImageLimits.from_settings(settings.worker),
         )
 
     @classmethod

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import io
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -85,15 +86,92 @@ class TinyVisionTower(nn.Module):
         return self.net(pixels)
 
 
-def decode_image(data: bytes, max_bytes: int) -> Image.Image:
-    """Bytes -> RGB PIL image; raises InvalidItemError for oversized or corrupt data."""
-    if len(data) > max_bytes:
-        raise InvalidItemError(f"image is {len(data)} bytes, limit {max_bytes}")
+DEFAULT_IMAGE_FORMATS = ("JPEG", "PNG", "GIF", "WEBP")
+
+
+@dataclass(frozen=True)
+class ImageLimits:
+    """Bounds on one uploaded image, all checked before or while decoding.
+
+    ``max_bytes``: encoded size. ``max_pixels``: width × height as the header declares it,
+    checked before any pixel is decoded (a 380 KB PNG can declare 40,000 × 40,000).
+    ``formats``: PIL format names tried when opening (anything else is rejected unread).
+    ``draft_side``: JPEGs are decoded at the smallest DCT scale (1/2, 1/4, 1/8) that keeps
+    both sides at least this large, so a big photo costs a fraction of its full decode.
+    Animated images (GIF, WebP, APNG) give their first frame; no other frame is decoded.
+    """
+
+    max_bytes: int = 4 << 20
+    max_pixels: int = 16_000_000
+    formats: tuple[str, ...] = DEFAULT_IMAGE_FORMATS
+    draft_side: int = 512
+
+    @classmethod
+    def from_settings(cls, worker) -> ImageLimits:
+        """From ``settings.worker`` (``IDPROXY_WORKER_MAX_IMAGE_*``, ``…_IMAGE_FORMATS``)."""
+        return cls(
+            max_bytes=worker.max_image_bytes,
+            max_pixels=worker.max_image_pixels,
+            formats=tuple(f.upper() for f in worker.image_formats),
+            draft_side=worker.image_draft_side,
+        )
+
+
+def decode_image(
+    data: bytes, max_bytes: int | None = None, *, limits: ImageLimits | None = None
+) -> Image.Image:
+    """Bytes -> RGB PIL image within ``limits``; raises InvalidItemError (whose text is the
+    dead-letter reason) for oversized, over-large, disallowed, truncated or corrupt data.
+
+    Transparent pixels (RGBA, LA, palette or RGB with a transparency key) are composited
+    on white; 16-bit and 32-bit grey is scaled to 8 bits; CMYK and the rest convert to RGB.
+    """
+    limits = limits or ImageLimits()
+    if max_bytes is not None:
+        limits = replace(limits, max_bytes=max_bytes)
+    if len(data) > limits.max_bytes:
+        raise InvalidItemError(f"image is {len(data)} bytes, limit {limits.max_bytes}")
     try:
-        image = Image.open(io.BytesIO(data))
-        image.load()
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise InvalidItemError(f"corrupt image: {exc}") from exc
+        # reads the header only; PIL's own bomb check (2 × Image.MAX_IMAGE_PIXELS) may
+        # already refuse here, before ours
+        image = Image.open(io.BytesIO(data), formats=list(limits.formats))
+    except Image.DecompressionBombError as exc:
+        raise InvalidItemError(
+            f"image over the pixel limit of {limits.max_pixels:,} (decompression bomb): {exc}"
+        ) from exc
+    except UnidentifiedImageError as exc:
+        raise InvalidItemError(
+            f"corrupt image or a format outside {', '.join(limits.formats)}: {exc}"
+        ) from exc
+    except Exception as exc:
+        raise InvalidItemError(f"corrupt image: {type(exc).__name__}: {exc}") from exc
+    width, height = image.size
+    if width * height > limits.max_pixels:
+        raise InvalidItemError(
+            f"image of {width}x{height} = {width * height:,} pixels is over the limit of "
+            f"{limits.max_pixels:,} (decompression bomb); nothing was decoded"
+        )
+    try:
+        if image.format == "JPEG" and limits.draft_side > 0:
+            image.draft(None, (limits.draft_side, limits.draft_side))
+        image.load()  # the current (first) frame only
+        return _to_rgb(image)
+    except Exception as exc:  # truncated data, bad chunks, codec errors, odd modes
+        raise InvalidItemError(f"corrupt image: {type(exc).__name__}: {exc}") from exc
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    mode = image.mode
+    if mode.startswith("I") or mode == "F":  # 16/32-bit integer or float grey
+        arr = np.asarray(image, dtype=np.float64)
+        if mode.startswith("I;16") or (arr.size and arr.max() > 255):
+            arr = arr / 257.0
+        grey = np.clip(np.nan_to_num(arr), 0, 255).astype(np.uint8)
+        return Image.fromarray(grey).convert("RGB")
+    if mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
     return image.convert("RGB")
 
 

@@ -10,6 +10,37 @@ from streams.events import DeadLetter, to_json
 log = logging.getLogger(__name__)
 
 
+def failure_reason(exc: BaseException) -> str:
+    """The dead-letter reason of an unexpected failure: the exception's type and message.
+
+    >>> failure_reason(ZeroDivisionError("division by zero"))
+    'ZeroDivisionError: division by zero'
+    """
+    return f"{type(exc).__name__}: {exc}"
+
+
+def is_infrastructure_error(exc: BaseException) -> bool:
+    """True for failures that are not about the record being handled: the broker (Kafka
+    client errors), the disk or the network (``OSError``, ``StoreIOError``). The consumer
+    stops or backs off on these instead of dead-lettering the record.
+
+    >>> is_infrastructure_error(ValueError("bad record")), is_infrastructure_error(OSError(28, "full"))
+    (False, True)
+    """
+    from kafka.errors import KafkaError
+
+    from store.errors import StoreIOError
+
+    kinds: tuple[type[BaseException], ...] = (KafkaError, OSError, StoreIOError)
+    try:
+        from aiokafka.errors import KafkaError as AioKafkaError
+
+        kinds += (AioKafkaError,)
+    except ImportError:  # pragma: no cover - aiokafka comes with faust
+        pass
+    return isinstance(exc, kinds)
+
+
 class DeadLetterSink:
     """Sends DeadLetter records to the dlq topic; never raises into the caller's loop.
 

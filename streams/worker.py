@@ -50,6 +50,7 @@ class ProxyWorker:
     def __init__(self, settings: Settings, broker, service, *, client_id: str = "worker") -> None:
         from kafka import KafkaConsumer, KafkaProducer
 
+        from proxy_model.vision import ImageLimits
         from streams.dlq import DeadLetterSink
         from streams.kafka_config import consumer_config, producer_config
         from streams.topics import ensure_topics, subscribe
@@ -64,6 +65,7 @@ class ProxyWorker:
         self.producer = KafkaProducer(client_id=client_id, **producer_config(settings, broker))
         self.dlq = DeadLetterSink(self.producer, self.topics.dlq, component="worker")
         self.stats = WorkerStats()
+        self.image_limits = ImageLimits.from_settings(settings.worker)
         self.stopping = False
         self._announced: set[str] = set()
         self._metrics = _Metrics(settings.worker.metrics_port, settings.metrics_host)
@@ -72,6 +74,7 @@ class ProxyWorker:
     def _content(self, message):
         """ConsumerRecord -> (ItemUploaded, ItemContent); raises EventError/InvalidItemError."""
         from proxy_model.encoder import ItemContent
+        from proxy_model.vision import decode_image
         from streams.events import EventError, ItemUploaded, parse_json
 
         w = self.settings.worker
@@ -84,10 +87,11 @@ class ProxyWorker:
             )
         image = None
         if event.image_b64 is not None:
-            image = self.service.load_image(event.image_b64)
+            image = decode_image(event.image_b64, limits=self.image_limits)
         elif event.image_path is not None:
-            image = self.service.load_image(
-                _read_image_path(event.image_path, w.image_root, w.max_image_bytes)
+            image = decode_image(
+                _read_image_path(event.image_path, w.image_root, w.max_image_bytes),
+                limits=self.image_limits,
             )
         return event, ItemContent(event.content_text(), image)
 
@@ -115,8 +119,16 @@ class ProxyWorker:
         return batch
 
     def process(self, messages: list) -> None:
-        """Validates, encodes and produces one micro-batch (no commit)."""
+        """Validates, encodes and produces one micro-batch (no commit).
+
+        Any exception while handling one record dead-letters that record (validation
+        errors give their own text, anything else its type and message) and the batch goes
+        on. A model failure is blamed on the record only if the model still encodes a
+        plain probe item afterwards; otherwise it is the model's, not the record's, and it
+        is raised (nothing is committed, the batch is read again after a restart).
+        """
         from proxy_model.errors import InvalidItemError
+        from streams.dlq import failure_reason
         from streams.events import EventError
 
         valid: dict[str, tuple] = {}  # item id -> (event, content); last upload wins
@@ -126,6 +138,10 @@ class ProxyWorker:
             except (EventError, InvalidItemError) as exc:
                 self.dlq.send(message, str(exc))
                 continue
+            except Exception as exc:  # any other failure of this one record
+                log.exception("item record %s/%d failed", message.partition, message.offset)
+                self.dlq.send(message, failure_reason(exc))
+                continue
             valid[event.item_id] = (event, content, message)
         if not valid:
             return
@@ -133,7 +149,7 @@ class ProxyWorker:
         try:
             outputs = [self.service.run([c for _, c, _ in rows])]
             groups = [rows]
-        except InvalidItemError:  # isolate the offending item(s)
+        except Exception:  # isolate the offending item(s)
             outputs, groups = [], []
             for row in rows:
                 try:
@@ -141,8 +157,25 @@ class ProxyWorker:
                     groups.append([row])
                 except InvalidItemError as exc:
                     self.dlq.send(row[2], str(exc))
+                except Exception as exc:
+                    if not self._model_works():
+                        raise
+                    log.exception("item %r failed in the model", row[0].item_id)
+                    self.dlq.send(row[2], failure_reason(exc))
         for out, group in zip(outputs, groups, strict=True):
             self._produce(out, [e for e, _, _ in group])
+
+    def _model_works(self) -> bool:
+        """True when the model encodes a plain text-only probe item (so a failure on one
+        item was about that item)."""
+        from proxy_model.encoder import ItemContent
+
+        try:
+            self.service.run([ItemContent("probe item. plain text")])
+        except Exception:
+            log.exception("the model fails on a plain probe item too: not the record's fault")
+            return False
+        return True
 
     def _produce(self, out, events) -> None:
         from streams.events import (
