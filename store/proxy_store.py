@@ -16,7 +16,8 @@ Versions and guarantees:
 * ``stage(v)`` opens a version for writing; ``write_batch`` is idempotent (same input, same
   bytes) and validates everything before one atomic RocksDB write batch, so a rejected call
   writes nothing. A published version only takes *appends* (``append=True``): items it
-  does not hold yet, from the same model version, e.g. items uploaded after the publish.
+  does not hold yet, from the same model version, e.g. items uploaded after the publish;
+  its ``item_count`` grows with them in the same atomic write, so ``versions()`` is true.
 * ``publish(v)`` refuses an incomplete version (fewer items than ``expected_items``), then
   switches ``ptr`` and the version statuses in **one** atomic, synced write batch. Values of
   a published version are never rewritten, so a reader that resolved ``ptr`` to v keeps
@@ -239,9 +240,14 @@ class ProxyStore:
                 raise VersionStateError(
                     f"version {version!r} is {info.status}: {changed} stored values would change"
                 )
+            added = len({k for k, old in zip(keys, existing, strict=True) if old is None})
         batch = WriteBatch(raw_mode=True)
         for key, value in zip(keys, values, strict=True):
             batch.put(key, value)
+        if info.status != "staged" and added:
+            # appended items count in the version's metadata, in the same atomic write
+            info.item_count += added
+            batch.put(f"ver/{version}".encode(), info.model_dump_json().encode())
         with self._disk("writing proxies"):
             self.db.write(batch)
 

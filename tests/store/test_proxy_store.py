@@ -238,3 +238,24 @@ def test_published_version_takes_appends_but_never_changes_a_value(store):
     with pytest.raises(VersionStateError, match="would change"):
         store.write_batch("v1", ["a", "c"], new_c.repeat(2, 0), new_f.repeat(2, 0), append=True)
     assert store.get("c") is None  # nothing of the rejected batch was written
+
+
+def test_appends_to_a_published_version_update_its_item_count(tmp_path):
+    store = ProxyStore(tmp_path / "db", dim=DIM)
+    write_version(store, "v1", [str(i) for i in range(10)])
+    assert store.version_info("v1").item_count == 10
+    c, f = vectors(10, seed=3)
+    ids = [str(i) for i in range(10, 20)]
+    twice = np.concatenate([c, c[:2]]), np.concatenate([f, f[:2]])
+    store.write_batch("v1", ids + ids[:2], *twice, append=True)
+    assert store.version_info("v1").item_count == 20  # a duplicate in the batch counts once
+    store.write_batch("v1", ids, c, f, append=True)  # redelivered: no new item
+    assert store.version_info("v1").item_count == 20
+    (info,) = store.versions()
+    assert info.item_count == store.count_items("v1") == 20 and info.status == "active"
+    with pytest.raises(VersionStateError):  # a rejected append changes no count
+        store.write_batch("v1", ["0", "new"], *vectors(2, seed=7), append=True)
+    assert store.version_info("v1").item_count == 20
+    store.close()
+    with ProxyStore(tmp_path / "db", dim=DIM) as again:  # durable with the values
+        assert again.version_info("v1").item_count == 20
