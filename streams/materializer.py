@@ -10,6 +10,11 @@ The store is a materialised view of Kafka. Per polled batch:
    switch), unless a newer version is already active;
 4. only then are the consumer offsets committed.
 
+A record that fails in any other way than a disk error (a frame that does not decode, a
+vector of another width, a missing array) is dead-lettered with the exception's type and
+message; a version's batch that fails is written record by record, so only the culprits
+go to ``dlq``.
+
 A replica with an empty store and a fresh consumer group rebuilds every retained version
 from the compacted topics (``--group`` names the group; ``--from-beginning`` forces it).
 """
@@ -68,9 +73,8 @@ class Materializer:
         self.stopping = False
 
     def _write(self, messages: list) -> None:
-        import numpy as np
-
         from store.errors import StoreError, StoreIOError
+        from streams.dlq import failure_reason, is_infrastructure_error
         from streams.events import (
             EventError,
             ProxyRecordEvent,
@@ -92,27 +96,52 @@ class Materializer:
                     by_version[header.proxy_version].append((header, arrays, m))
             except EventError as exc:
                 self.dlq.send(m, str(exc))
+            except Exception as exc:  # any other failure of this one record
+                if is_infrastructure_error(exc):
+                    raise
+                log.exception("record %s/%d/%d failed", m.topic, m.partition, m.offset)
+                self.dlq.send(m, failure_reason(exc))
         for version, rows in by_version.items():
             latest = {h.item_id: (h, a, m) for h, a, m in rows}  # last record per item wins
-            ids = list(latest)
-            coarse = np.stack([latest[i][1]["p_coarse"] for i in ids])
-            fine = np.stack([latest[i][1]["p_fine"] for i in ids])
             try:
-                if self.store.version_info(version) is None:
-                    self.store.stage(
-                        version, manifest={"encoder_version": rows[0][0].encoder_version}
-                    )
-                self.store.write_batch(version, ids, coarse, fine, append=True)
+                self._write_version(version, list(latest.values()))
             except StoreIOError:
                 raise  # the disk, not the data: retried by step(), nothing dead-lettered
-            except StoreError as exc:
-                for h, _, m in latest.values():
-                    self.dlq.send(m, f"store rejected {h.item_id!r}@{version}: {exc}")
-                continue
-            now = time.time()
-            for h, _, _ in latest.values():
-                self.freshness.setdefault(h.item_id, now - h.uploaded_at)
-            self.written += len(ids)
+            except Exception as exc:
+                if is_infrastructure_error(exc):
+                    raise
+                # one record spoils the version's batch (a store rejection, vectors of
+                # another width, ...): write the records one by one, dead-letter the culprits
+                log.warning("batch of %s failed (%s); writing its records one by one", version, exc)
+                for row in latest.values():
+                    try:
+                        self._write_version(version, [row])
+                    except StoreIOError:
+                        raise
+                    except Exception as one:
+                        if is_infrastructure_error(one):
+                            raise
+                        reason = (
+                            f"store rejected {row[0].item_id!r}@{version}: {one}"
+                            if isinstance(one, StoreError)
+                            else failure_reason(one)
+                        )
+                        self.dlq.send(row[2], reason)
+
+    def _write_version(self, version: str, rows: list) -> None:
+        """Writes (header, arrays, message) rows of one version in one store batch."""
+        import numpy as np
+
+        ids = [h.item_id for h, _, _ in rows]
+        coarse = np.stack([a["p_coarse"] for _, a, _ in rows])
+        fine = np.stack([a["p_fine"] for _, a, _ in rows])
+        if self.store.version_info(version) is None:
+            self.store.stage(version, manifest={"encoder_version": rows[0][0].encoder_version})
+        self.store.write_batch(version, ids, coarse, fine, append=True)
+        now = time.time()
+        for h, _, _ in rows:
+            self.freshness.setdefault(h.item_id, now - h.uploaded_at)
+        self.written += len(ids)
 
     def _publish_ready(self) -> None:
         from store.errors import StoreError, StoreIOError

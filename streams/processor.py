@@ -125,6 +125,7 @@ def build_app(settings: Settings, broker, datadir: Path):
     """The faust app with its topics, tables and agents (not started)."""
     import faust
 
+    from streams.dlq import failure_reason, is_infrastructure_error
     from streams.events import (
         Click,
         DeadLetter,
@@ -181,7 +182,7 @@ def build_app(settings: Settings, broker, datadir: Path):
             offset=record.offset,
             key_b64=base64.b64encode(record.key) if record.key else None,
             value_b64=base64.b64encode(record.value or b""),
-            reason=reason,
+            reason=reason[:2000],
             component="processor",
         )
         await dlq.send(key=record.key, value=to_json(letter))
@@ -233,13 +234,28 @@ def build_app(settings: Settings, broker, datadir: Path):
         )
         await samples.send(key=doc["user_id"].encode(), value=to_json(sample))
 
+    async def isolated(handle, record: RawRecord) -> None:
+        """``handle(record)``; any failure of this one record dead-letters it with the
+        exception's type and message, and the stream goes on. Failures not about the
+        record (the broker, the disk) are raised: faust stops the agent and the
+        un-acknowledged record is read again after the restart."""
+        try:
+            await handle(record)
+        except Exception as exc:
+            if is_infrastructure_error(exc):
+                raise
+            log.exception("record %s/%d/%d failed", record.topic, record.partition, record.offset)
+            await dead_letter(record, failure_reason(exc))
+
     async def each_record(stream, handle) -> None:
         """Runs ``handle`` on every record, first on any the stream skipped before it."""
         async for event in stream.events():
             m = event.message
             for skipped in gaps.missing(m.topic, m.partition, m.offset):
-                await handle(RawRecord.of(skipped))
-            await handle(RawRecord(m.topic, m.partition, m.offset, event.key, event.value))
+                await isolated(handle, RawRecord.of(skipped))
+            await isolated(
+                handle, RawRecord(m.topic, m.partition, m.offset, event.key, event.value)
+            )
 
     watched = {topics.clicks, topics.clicks_by_item}
     stall_s = settings.kafka.stream_stall_s
@@ -269,6 +285,11 @@ def build_app(settings: Settings, broker, datadir: Path):
                 item = parse_json(event.value, ItemUploaded)
             except EventError:
                 continue  # the proxy workers dead-letter bad uploads; not reported twice
+            except Exception as exc:  # not reported twice either, but never fatal
+                if is_infrastructure_error(exc):
+                    raise
+                log.warning("upload at offset %d not readable: %s", event.message.offset, exc)
+                continue
             if item.item_id not in uploaded:
                 uploaded[item.item_id] = item.uploaded_at
 

@@ -5,21 +5,31 @@ from __future__ import annotations
 
 import base64
 import io
+import json
+import time
 
+import numpy as np
 import pytest
 from PIL import Image
 
 from proxy_model.service import ProxyService
+from store import ProxyStore
 from streams.events import (
     DeadLetter,
     ProxyRecordEvent,
+    TrainingSample,
+    VersionCommit,
     decode_frame,
+    encode_frame,
     parse_json,
+    to_json,
 )
-from streams.topics import Topics
+from streams.kafka_config import common_config
+from streams.materializer import Materializer
+from streams.topics import Topics, ensure_topics
 from streams.worker import ProxyWorker
 from tests.proxy_model.test_image_decoding import png_bomb, png_header_only
-from tests.streams.helpers import drain, item_event, produce
+from tests.streams.helpers import CliProcess, drain, item_event, produce
 
 pytestmark = pytest.mark.kafka
 
@@ -69,3 +79,175 @@ def test_an_image_bomb_is_a_dead_letter_and_the_worker_keeps_going(
     for key, letter in letters.items():
         assert bytes(letter.value_b64) == bombs[key]  # the original bytes are kept
         assert letter.component == "worker" and letter.source_topic == topics.items
+
+
+class PoisonedService:
+    """The tiny service, except that the model raises on items whose text holds ``poison``
+    (or on every item when ``broken``): a failure of the model on one record."""
+
+    def __init__(self, inner, *, broken: bool = False) -> None:
+        self.inner, self.broken = inner, broken
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def run(self, items):
+        if self.broken or any("poison" in item.text for item in items):
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        return self.inner.run(items)
+
+
+def test_a_record_the_model_or_the_parser_fails_on_is_a_dead_letter(
+    kafka_settings, kafka_broker, service, monkeypatch
+):
+    topics = Topics.from_settings(kafka_settings)
+    worker = ProxyWorker(kafka_settings, kafka_broker, PoisonedService(service))
+    parse = worker._content
+
+    def content(message):  # a parser bug that only this record triggers
+        if message.key == b"parse-bug":
+            raise ZeroDivisionError("division by zero")
+        return parse(message)
+
+    monkeypatch.setattr(worker, "_content", content)
+    good = [(str(i).encode(), item_event(i)) for i in range(12)]
+    messages = (
+        good[:6]
+        + [(b"poison", item_event("p1", title="poison pill")), (b"parse-bug", item_event("p2"))]
+        + good[6:]
+    )
+    produce(kafka_settings, kafka_broker, topics.items, messages)
+    stats = worker.run(idle_exit_s=4)
+    assert stats.items == 12 and stats.dead_letters == 2
+    assert _proxied(kafka_settings, kafka_broker, topics) == {str(i) for i in range(12)}
+    letters = {bytes(x.key_b64): x for x in _letters(kafka_settings, kafka_broker, topics)}
+    assert letters[b"poison"].reason == (
+        "RuntimeError: CUDA error: an illegal memory access was encountered"
+    )
+    assert letters[b"parse-bug"].reason == "ZeroDivisionError: division by zero"
+    assert bytes(letters[b"poison"].value_b64) == messages[6][1]
+
+
+def test_a_model_that_fails_on_everything_stops_the_worker_without_dead_letters(
+    kafka_settings, kafka_broker, service
+):
+    """Not the record's fault: nothing is dead-lettered or committed, so a worker with a
+    working model processes every item afterwards."""
+    topics = Topics.from_settings(kafka_settings)
+    broken = ProxyWorker(kafka_settings, kafka_broker, PoisonedService(service, broken=True))
+    produce(
+        kafka_settings,
+        kafka_broker,
+        topics.items,
+        [(str(i).encode(), item_event(i)) for i in range(6)],
+    )
+    with pytest.raises(RuntimeError, match="illegal memory access"):
+        broken.run(idle_exit_s=20)
+    assert broken.dlq.count == 0
+    stats = ProxyWorker(kafka_settings, kafka_broker, service).run(idle_exit_s=4)
+    assert stats.items == 6 and stats.dead_letters == 0
+    assert _letters(kafka_settings, kafka_broker, topics) == []
+
+
+def _proxy_frame(item: str, version: str, arrays: dict) -> bytes:
+    header = ProxyRecordEvent(
+        item_id=item,
+        proxy_version=version,
+        encoder_version="e1",
+        uploaded_at=time.time(),
+        produced_at=time.time(),
+    )
+    return encode_frame(header, arrays)
+
+
+def test_a_proxy_record_the_store_write_fails_on_is_a_dead_letter(
+    kafka_settings, kafka_broker, tmp_path
+):
+    """Records that spoil their version's write batch (another width, a missing array)
+    are dead-lettered one by one; the rest of the batch is stored and published."""
+    topics = ensure_topics(kafka_settings, common_config(kafka_settings, kafka_broker))
+    dim = kafka_settings.model.id_dim
+    rng = np.random.default_rng(1)
+
+    def vec(d=dim):
+        return rng.standard_normal(d).astype(np.float32)
+
+    good = {f"g{k}": {"p_coarse": vec(), "p_fine": vec()} for k in range(6)}
+    poison = {
+        "narrow": {"p_coarse": vec(dim - 3), "p_fine": vec(dim - 3)},
+        "half": {"p_coarse": vec(), "p_extra": vec()},
+    }
+    frames = [(f"v1/{i}".encode(), _proxy_frame(i, "v1", a)) for i, a in good.items()]
+    bad = [(f"v1/{i}".encode(), _proxy_frame(i, "v1", a)) for i, a in poison.items()]
+    commit = VersionCommit(version="v1", expected_items=6)
+    produce(kafka_settings, kafka_broker, topics.proxies, frames[:3] + bad + frames[3:])
+    produce(kafka_settings, kafka_broker, topics.control, [(b"v1", to_json(commit))])
+    store = ProxyStore(tmp_path / "store", dim=dim)
+    Materializer(kafka_settings, kafka_broker, store, group_id="poison").run(idle_exit_s=4)
+    got = store.get_many(sorted(good))
+    assert got.found.all() and store.active_version() == "v1"
+    np.testing.assert_array_equal(got.p_fine, np.stack([good[i]["p_fine"] for i in sorted(good)]))
+    assert store.version_info("v1").item_count == 6
+    store.close()
+    letters = {bytes(x.key_b64): x for x in _letters(kafka_settings, kafka_broker, topics)}
+    assert set(letters) == {b"v1/narrow", b"v1/half"}
+    assert letters[b"v1/narrow"].reason.startswith("store rejected 'narrow'@v1:")
+    assert letters[b"v1/half"].reason == "KeyError: 'p_fine'"
+    assert all(x.component == "materializer" for x in letters.values())
+
+
+def test_the_processor_dead_letters_a_record_it_fails_on_and_goes_on(
+    kafka_settings, kafka_broker, tmp_path
+):
+    """Records on the processor's internal re-keyed topic that its handler fails on (not
+    JSON, a missing field, a sample that does not validate) are dead-lettered with the
+    exception's type and message; the clicks around them become samples."""
+    topics = ensure_topics(kafka_settings, common_config(kafka_settings, kafka_broker))
+    proc = CliProcess(kafka_settings, kafka_broker, "processor", "--datadir", str(tmp_path / "p"))
+    proc.wait_for("ready")
+    try:
+        clicks = [
+            {"user_id": f"u{k % 3}", "item_id": str(k % 4), "label": 1, "ts": 1000.0 + k}
+            for k in range(12)
+        ]
+        produce(
+            kafka_settings,
+            kafka_broker,
+            topics.clicks,
+            [(c["user_id"].encode(), json.dumps(c).encode()) for c in clicks[:6]],
+        )
+        doc = {"user_id": "u9", "item_id": "1", "label": 1, "ts": 5.0, "history": []}
+        poison = {
+            b"not-json": b"{broken",
+            b"no-sample-id": json.dumps(doc).encode(),
+            b"bad-label": json.dumps({**doc, "sample_id": "x/0/1", "label": 7}).encode(),
+        }
+        produce(kafka_settings, kafka_broker, topics.clicks_by_item, list(poison.items()))
+        produce(
+            kafka_settings,
+            kafka_broker,
+            topics.clicks,
+            [(c["user_id"].encode(), json.dumps(c).encode()) for c in clicks[6:]],
+        )
+        want = {(c["user_id"], c["ts"]) for c in clicks}
+        got: set = set()
+        letters: dict = {}
+        end = time.time() + 180
+        while time.time() < end and (got != want or len(letters) < len(poison)):
+            samples = drain(kafka_settings, kafka_broker, topics.samples, idle_s=2, timeout_s=20)
+            got = {
+                (s.user_id, s.ts) for s in (parse_json(r.value, TrainingSample) for r in samples)
+            }
+            letters = {bytes(x.key_b64): x for x in _letters(kafka_settings, kafka_broker, topics)}
+            assert proc.proc.poll() is None, proc.output()[-3000:]
+        assert got == want
+        assert set(letters) == set(poison)
+        assert letters[b"not-json"].reason.startswith("JSONDecodeError: ")
+        assert letters[b"no-sample-id"].reason == "KeyError: 'sample_id'"
+        assert letters[b"bad-label"].reason.startswith("ValidationError: ")
+        for key, letter in letters.items():
+            assert letter.component == "processor" and bytes(letter.value_b64) == poison[key]
+            assert letter.source_topic == topics.clicks_by_item
+    finally:
+        proc.proc.terminate()
+        proc.finish(timeout=60)
