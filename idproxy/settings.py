@@ -137,8 +137,8 @@ class TrainerSettings(BaseModel):
 
     history_len: int = 20
     embed_dim: int = 32
-    batch_size: int = 256
-    lr: float = 1e-3
+    batch_size: int = Field(1024, description="Mini-batch of the Table-1 rankers")
+    lr: float = Field(3e-3, description="Learning rate of the Table-1 rankers")
     epochs: int = 2
     seeds: int = 5
     new_item_fraction: float = 0.2
@@ -148,7 +148,14 @@ class TrainerSettings(BaseModel):
     cross_layers: int = 2
     attention_hidden: int = 32
     mlp_hidden: tuple[int, ...] = (64, 32)
-    warmup_epochs: int = 1
+    warmup_epochs: int = Field(1, description="Epochs per chunk of the prequential warm-up")
+    prequential_chunks: int = Field(
+        10, ge=1, description="Time-ordered chunks of the Table-1 prequential warm-up"
+    )
+    table1_stage1_epochs: int = Field(40, description="Stage-1 epochs of the Table-1 fits")
+    table1_protocols: tuple[Literal["random", "time"], ...] = Field(
+        ("random", "time"), description="Cold-start protocols of `bench table1`"
+    )
     cb2cf_steps: int = Field(300, description="Full-batch steps of the v2 content->ID MLP")
     quick_events: int = Field(4000, description="Events used by `bench table1 --quick`")
     threads: int = Field(

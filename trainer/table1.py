@@ -1,4 +1,18 @@
-"""Table 1: train/evaluate Base, v1-v5 and the cold-start peers on one seed's split."""
+"""Table 1: train/evaluate Base, v1-v5, the cold-start peers and the distillation control
+on one seed's split (one cold-start protocol, ``trainer.data``).
+
+Per model: train on the training period (``trainer.epochs`` epochs, every variant the same
+budget and optimiser), then
+
+* **static** metrics on the test period with that model: AUC, GAUC, LogLoss over all test
+  events; AUC on new items' events (``auc_new``) and on warm items' events (``auc_warm``:
+  items trained on in the training period);
+* the **prequential warm-up** (``prequential``): the test period is walked in
+  ``trainer.prequential_chunks`` time-ordered chunks; each chunk is scored, then trained
+  on, so no event is scored by a model that has trained on a later event.
+  ``auc_new_warm`` is the AUC of the new items' events after their ``warmup_k``-th test
+  event, scored that way.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +28,7 @@ from proxy_model.heads import mlp
 from trainer.content import ItemContentFeatures, movielens_content, synthetic_content
 from trainer.data import Events, Split
 from trainer.metrics import auc, gauc, logloss
+from trainer.optim import RowSparseAdam
 from trainer.ranker import ItemTables, Ranker, RankerShape
 from trainer.variants import VARIANTS, VariantConfig
 
@@ -27,7 +42,11 @@ class VariantResult(BaseModel):
     gauc: float
     logloss: float
     auc_new: float
+    auc_warm: float
     auc_new_warm: float
+    protocol: str = "random"
+    n_test_new: int = 0
+    n_test_warm: int = 0
 
 
 def shape_of(settings: Settings, split: Split) -> RankerShape:
@@ -63,19 +82,30 @@ def item_tables(content: ItemContentFeatures, n_items: int) -> ItemTables:
         out[idx] = x.float()
         return out
 
+    has = torch.zeros(n_items + 1, dtype=torch.bool)
+    has[idx] = True
     return ItemTables(
         place(content.p_coarse),
         place(standardise(content.z_groups)),
         place(standardise(content.frozen)),
+        has,
     )
 
 
 def train_epochs(
-    model: Ranker, events: Events, settings: Settings, epochs: int, seed: int, progress=None
-) -> None:
-    """Adam on BCE-with-logits (eq. 2) over shuffled batches; marks trained items warm."""
+    model: Ranker,
+    events: Events,
+    settings: Settings,
+    epochs: int,
+    seed: int,
+    progress=None,
+    opt: RowSparseAdam | None = None,
+) -> RowSparseAdam:
+    """BCE-with-logits (eq. 2) over shuffled batches with ``model.optimizer`` (row-sparse
+    Adam on the ID tables; a fresh one unless ``opt`` is given); counts each touched item
+    row's updates (``Ranker.updates``) and marks trained target items warm."""
     t = settings.trainer
-    opt = torch.optim.Adam(model.parameters(), lr=t.lr)
+    opt = opt if opt is not None else model.optimizer(t.lr)
     g = torch.Generator().manual_seed(seed)
     model.train()
     for _ in range(epochs):
@@ -87,9 +117,10 @@ def train_epochs(
             opt.zero_grad()
             loss.backward()
             opt.step()
-            model.warm[events.item[b]] = True
+            model.count_updates(events.item[b], events.history[b])
             if progress is not None:
                 progress()
+    return opt
 
 
 @torch.no_grad()
@@ -131,27 +162,74 @@ def fit_cb2cf(
         return net(frozen)
 
 
+def prequential(
+    model: Ranker,
+    split: Split,
+    settings: Settings,
+    seed: int,
+    opt: RowSparseAdam | None = None,
+    progress=None,
+) -> np.ndarray:
+    """Scores [len(split.test)] of the test period walked in time-ordered chunks.
+
+    Each chunk is scored by the current model and then trained on (``warmup_epochs``), so
+    an event is only ever scored by a model trained on the training period and on earlier
+    chunks. Trains ``model`` in place.
+    """
+    t = settings.trainer
+    ev = split.events
+    scores = np.zeros(len(split.test))
+    bounds = np.linspace(0, len(split.test), t.prequential_chunks + 1).astype(int)
+    for k, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
+        if hi <= lo:
+            continue
+        chunk = ev.subset(split.test[lo:hi])
+        scores[lo:hi] = predict(model, chunk)
+        opt = train_epochs(model, chunk, settings, t.warmup_epochs, seed + k, None, opt)
+    if progress is not None:
+        progress()
+    return scores
+
+
 def evaluate(
-    model: Ranker, split: Split, settings: Settings, seed: int, progress=None
+    model: Ranker,
+    split: Split,
+    settings: Settings,
+    seed: int,
+    opt: RowSparseAdam | None = None,
+    progress=None,
 ) -> dict[str, float]:
-    """AUC/GAUC/LogLoss on the test period, AUC on new items, then warm-up and re-evaluate."""
+    """Static metrics of ``model`` on the test period, then the prequential warm-up."""
     ev = split.events
     test = ev.subset(split.test)
     p = predict(model, test)
     y = test.label.numpy()
     new_idx = np.isin(split.test, split.test_new)
+    warm_idx = np.isin(split.test, split.test_warm)
     metrics = {
         "auc_all": auc(y, p),
         "gauc": gauc(test.user.numpy(), y, p),
         "logloss": logloss(y, p),
         "auc_new": auc(y[new_idx], p[new_idx]),
+        "auc_warm": auc(y[warm_idx], p[warm_idx]),
     }
-    train_epochs(
-        model, ev.subset(split.warmup), settings, settings.trainer.warmup_epochs, seed, progress
-    )
-    after = ev.subset(split.test_new_after_warmup)
-    metrics["auc_new_warm"] = auc(after.label.numpy(), predict(model, after))
+    scores = prequential(model, split, settings, seed, opt, progress)
+    after = np.isin(split.test, split.test_new_after_warmup)
+    metrics["auc_new_warm"] = auc(y[after], scores[after])
     return metrics
+
+
+def control_tables(base: Ranker, tables: ItemTables) -> None:
+    """The distillation control's proxy: Base's trained ID rows, ℓ2-normalised, frozen.
+
+    Rows Base never updated (new items, items first seen in the test period) are their
+    random initial values, not information: they get no proxy (``base_trained`` False),
+    so the control's slot for them is e_id alone, as in Base.
+    """
+    trained = base.updates > 0
+    rows = F.normalize(base.item_emb.weight.detach(), dim=-1)
+    tables.base_id = torch.where(trained.unsqueeze(-1), rows, torch.zeros_like(rows))
+    tables.base_trained = trained.clone()
 
 
 def run_seed(
@@ -175,11 +253,20 @@ def run_seed(
     def fit_and_eval(variant: VariantConfig, tables: ItemTables) -> Ranker:
         torch.manual_seed(seed)
         model = Ranker(shape, variant, split.side, tables)
-        train_epochs(model, train, settings, t.epochs, seed, progress)
+        opt = train_epochs(model, train, settings, t.epochs, seed, progress)
         state = {k: v.clone() for k, v in model.state_dict().items()}
-        metrics = evaluate(model, split, settings, seed, progress)
+        metrics = evaluate(model, split, settings, seed, opt)
         model.load_state_dict(state)  # the pre-warm-up model is the one Stage 1 reads
-        results.append(VariantResult(variant=variant.name, seed=seed, **metrics))
+        results.append(
+            VariantResult(
+                variant=variant.name,
+                seed=seed,
+                protocol=split.protocol,
+                n_test_new=len(split.test_new),
+                n_test_warm=len(split.test_warm),
+                **metrics,
+            )
+        )
         if on_result is not None:
             on_result(results[-1])
         return model
@@ -200,13 +287,25 @@ def run_seed(
         settings.model.adaptor_hidden,
         seed,
     )
+    control_tables(base, tables)
     for variant in variants[1:]:
         fit_and_eval(variant, tables)
     return results
 
 
 def content_function(settings: Settings, *, quick: bool, seed: int) -> ContentFn:
-    """Real MLLM features + Stage 1 (cached encoding), or synthetic ones for --quick."""
+    """Real MLLM features + Stage 1 (cached encoding), or synthetic ones for --quick.
+
+    Stage 1 runs ``trainer.table1_stage1_epochs`` epochs here (the other Stage-1 settings
+    are ``settings.stage1``'s).
+    """
+    settings = settings.model_copy(
+        update={
+            "stage1": settings.stage1.model_copy(
+                update={"epochs": settings.trainer.table1_stage1_epochs}
+            )
+        }
+    )
     if quick:
         return lambda id_table, counts, rows: synthetic_content(
             id_table.shape[0], 16, id_table.shape[1], seed=seed
