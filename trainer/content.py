@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -107,6 +107,20 @@ def movielens_token_states(settings: Settings, quick: bool = False) -> TokenStat
     return states
 
 
+def without_first_token(states: TokenStates) -> TokenStates:
+    """The same states with the first token masked out of every pooling.
+
+    The first token is ``[BOS]``: in a causal LM its states are the same for every item
+    and carry the LM's huge "attention sink" activations, so in a mean over the tokens it
+    adds a constant of large norm divided by the item's length, i.e. a length feature
+    that swamps the content (the paper is silent; issue 16 §4). Masking it costs nothing
+    and is label-free.
+    """
+    mask = states.mask.clone()
+    mask[:, 0] = 0
+    return replace(states, mask=mask)
+
+
 def fit_coarse_proxies(
     states: TokenStates,
     targets_rows: torch.Tensor,
@@ -159,9 +173,10 @@ def movielens_content(
 
     id_table [N, d] (rows = items in id order), update_counts [N], train_rows bool [N]:
     rows allowed as targets. Targets are the rows with at least ``stage1.min_updates``
-    (τ) updates, ℓ2-normalised (paper §3.1.1).
+    (τ) updates, ℓ2-normalised (paper §3.1.1). The first token is excluded from every
+    pooling (``without_first_token``).
     """
-    states = movielens_token_states(settings, quick)
+    states = without_first_token(movielens_token_states(settings, quick))
     kept, targets = preprocess_id_embeddings(id_table, update_counts, settings.stage1.min_updates)
     allowed = train_rows[kept]
     featurizer, head = fit_coarse_proxies(states, kept[allowed], targets[allowed], settings, seed)

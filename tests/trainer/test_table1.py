@@ -305,3 +305,26 @@ def test_bench_table1_quick_end_to_end(tmp_path, capsys) -> None:
     assert last["delta_new"]["Base"] == 0.0 and last["delta_new_time"]["Base"] == 0.0
     run_dir = tmp_path / last["run_dir"].split("/")[-1]
     assert (run_dir / "table1.json").is_file() and (run_dir / "table1.png").is_file()
+
+
+def test_first_token_is_masked_out_of_pooling_without_touching_the_cache() -> None:
+    from proxy_model.features import ContentFeaturizer, TokenStates
+    from trainer.content import without_first_token
+
+    states = TokenStates.random(4, 6, 8, seed=0)
+    masked = without_first_token(states)
+    assert masked.mask[:, 0].sum() == 0 and torch.equal(masked.mask[:, 1:], states.mask[:, 1:])
+    assert states.mask[:, 0].all()  # the cached states are not modified
+    featurizer = ContentFeaturizer(None, states.layer_groups, hidden_size=8)
+    spiked = without_first_token(
+        TokenStates(
+            states.item_ids,
+            states.last.clone().index_fill_(1, torch.tensor([0]), 1000.0),
+            states.groups,
+            states.mask,
+            states.layer_groups,
+        )
+    )
+    a = featurizer.pool(*masked.rows(torch.arange(4))).frozen
+    b = featurizer.pool(*spiked.rows(torch.arange(4))).frozen
+    assert torch.allclose(a, b)  # the first token's states no longer matter
