@@ -125,6 +125,11 @@ class WorkerSettings(BaseModel):
     image_draft_side: int = Field(
         512, description="JPEGs decode at a reduced DCT scale keeping both sides >= this"
     )
+    quarantine_deaths: int = Field(
+        3,
+        ge=1,
+        description="A record that killed the worker this many times alone is dead-lettered",
+    )
     image_root: str | None = Field(
         None, description="Directory that image_path events may read from; None rejects paths"
     )

@@ -50,12 +50,20 @@ def item_event(i: int, **extra) -> bytes:
 
 
 class CliProcess:
-    """An `idproxy` subprocess pointed at the test broker and topics; output goes to a file
+    """An `idproxy` subprocess (or ``python -m module``) pointed at the test broker and topics; output goes to a file
     (a pipe nobody reads would fill up and block the child). Every instance is recorded in
     ``RUNNING``; the autouse fixture in tests/conftest.py kills what a test left running
     (also when it failed), so no orphan outlives its test."""
 
-    def __init__(self, settings, broker, *args: str, metrics_port: int = 0) -> None:
+    def __init__(
+        self,
+        settings,
+        broker,
+        *args: str,
+        metrics_port: int = 0,
+        module: str = "idproxy.cli",
+        env: dict | None = None,
+    ) -> None:
         env = {
             **os.environ,
             **broker.child_env(),
@@ -67,12 +75,13 @@ class CliProcess:
             "IDPROXY_STORE_PATH": settings.store.path,
             "IDPROXY_MODEL_ARTIFACTS_DIR": settings.model.artifacts_dir,
             "IDPROXY_WORKER_METRICS_PORT": str(metrics_port),
+            **(env or {}),
         }
         fd, self.log_path = tempfile.mkstemp(prefix="idproxy-cli-", suffix=".log")
         self.log = os.fdopen(fd, "w")
         RUNNING.append(self)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "idproxy.cli", *args],
+            [sys.executable, "-m", module, *args],
             env=env,
             stdout=self.log,
             stderr=subprocess.STDOUT,

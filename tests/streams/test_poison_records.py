@@ -251,3 +251,35 @@ def test_the_processor_dead_letters_a_record_it_fails_on_and_goes_on(
     finally:
         proc.proc.terminate()
         proc.finish(timeout=60)
+
+
+def test_a_record_that_kills_the_worker_is_quarantined_after_n_deaths(kafka_settings, kafka_broker):
+    """Crash-loop quarantine: the model kills its process (``os._exit``) on one item. The
+    first death is in a batch; the restarted worker goes through that batch one record at
+    a time, dies on the item alone twice, and the next restart dead-letters it with
+    "killed its consumer 2 times" and proxies everything else."""
+    from tests.streams.killer_worker import KILL_CODE
+
+    topics = ensure_topics(kafka_settings, common_config(kafka_settings, kafka_broker))
+    good = [(str(i).encode(), item_event(i)) for i in range(10)]
+    killer = (b"killer", item_event("killer", title="kill me"))
+    produce(kafka_settings, kafka_broker, topics.items, good[:5] + [killer] + good[5:])
+    codes, outputs = [], []
+    while len(codes) < 6 and (not codes or codes[-1] != 0):
+        proc = CliProcess(
+            kafka_settings,
+            kafka_broker,
+            "4",
+            module="tests.streams.killer_worker",
+            env={"IDPROXY_WORKER_QUARANTINE_DEATHS": "2"},
+        )
+        outputs.append(proc.finish(timeout=180))
+        codes.append(proc.proc.returncode)
+    log = "\n---\n".join(o[-1500:] for o in outputs)
+    assert codes == [KILL_CODE, KILL_CODE, KILL_CODE, 0], log
+    assert "1 dead letters" in outputs[-1], log
+    assert _proxied(kafka_settings, kafka_broker, topics) == {str(i) for i in range(10)}
+    (letter,) = _letters(kafka_settings, kafka_broker, topics)
+    assert letter.reason == "killed its consumer 2 times"
+    assert bytes(letter.value_b64) == killer[1] and bytes(letter.key_b64) == b"killer"
+    assert letter.component == "worker" and letter.source_topic == topics.items
