@@ -64,15 +64,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--split",
         type=float,
-        default=0.0,
+        default=0.5,
         metavar="FRACTION",
-        help="score only the ratings after the first FRACTION of the stream (0 = all)",
+        help="the history period: the first FRACTION of the stream bootstraps the deployment "
+        "and only the ratings after it are scored (0 = score the whole stream)",
     )
     parser.add_argument(
         "--stage1",
-        action="store_true",
-        help="fit φ offline (Stage 1) on the ID table an id-only ranker learns from the part "
-        "before --split, as the paper does on a mature table (default: untrained φ)",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="bootstrap φ offline (Stage 1) on the ID table an id-only ranker learns from the "
+        "history period, as the paper deploys it (--no-stage1: the untrained φ a worker "
+        "starts with)",
+    )
+    parser.add_argument(
+        "--live-adaptor-lr-scale",
+        type=float,
+        default=None,
+        metavar="S",
+        help="the fine head's learning rate after the history period, relative to the "
+        "ranker's (0 = frozen; default: trainer.online_adaptor_lr_scale throughout)",
     )
 
 
@@ -185,9 +196,22 @@ def stage1_on_learned_ids(settings: Settings, ids, z, coarse, records, hidden: i
     return fitted, {k: round(v, 4) if isinstance(v, float) else v for k, v in report.items()}
 
 
-def replay_model(settings: Settings, variant: str, seed: int, hidden: int, cache, records):
+def replay_model(
+    settings: Settings,
+    variant: str,
+    seed: int,
+    hidden: int,
+    cache,
+    records,
+    live_from: int = 0,
+    live_adaptor_lr_scale: float | None = None,
+):
     """One prequential pass through ``TrainerCore`` -> (trained OnlineRanker, predictions:
-    score [N], label [N], is_new [N], ts [N] in stream order)."""
+    score [N], label [N], is_new [N], ts [N] in stream order).
+
+    ``live_adaptor_lr_scale``: from the batch that reaches record ``live_from`` on, the fine
+    head trains at this rate relative to the ranker's (0 = frozen).
+    """
     from benchmarks.bench_trainer import model_and_optimizer
     from trainer.item_cache import ItemCache
     from trainer.online import TrainerCore
@@ -197,31 +221,51 @@ def replay_model(settings: Settings, variant: str, seed: int, hidden: int, cache
     model, optimizer = model_and_optimizer(seeded, variant, hidden)
     core = TrainerCore(seeded, model, optimizer, cache if cache is not None else ItemCache())
     for start in range(0, len(records), t.online_batch_size):
+        if live_adaptor_lr_scale is not None and variant == "idproxy" and start >= live_from:
+            optimizer.dense.param_groups[1]["lr"] = t.online_lr * live_adaptor_lr_scale
         core.process(records[start : start + t.online_batch_size])
     return model, core.predictions.arrays()
 
 
+WARM_MIN = 20  # an item seen at least this often before the sample is "warm"
+
+
 def auc_table(scores, labels, interactions, tau: int) -> dict[str, float]:
-    """AUC overall, on new-item samples (< tau earlier interactions), the latter also
-    time-stratified over 10 stream slices (``new_by_time``), and per bucket."""
+    """AUC overall, on warm-item samples (≥ ``WARM_MIN`` earlier interactions), on new-item
+    samples (< tau earlier interactions), the latter also time-stratified over 10 stream
+    slices (``new_by_time``), per bucket, and for the first rating of an item also
+    time-stratified (``0_by_time``)."""
     import numpy as np
 
     from trainer.streaming_metrics import exact_auc, time_stratified_auc
 
     k = np.asarray(interactions)
     new = k < tau
+
+    def by_time(select):
+        pred = {"score": scores, "label": labels, "is_new": select}
+        return time_stratified_auc(pred, buckets=10) or math.nan
+
     out = {
         "all": exact_auc(scores, labels),
+        "warm": exact_auc(scores[k >= WARM_MIN], labels[k >= WARM_MIN]),
         "new": exact_auc(scores[new], labels[new]),
-        "new_by_time": time_stratified_auc(
-            {"score": scores, "label": labels, "is_new": new}, buckets=10
-        )
-        or math.nan,
+        "new_by_time": by_time(new),
+        "0_by_time": by_time(k == 0),
     }
     for lo, hi in BUCKETS:
         sel = (k >= lo) & (k <= (hi if hi is not None else k.max()))
         out[bucket_label(lo, hi)] = exact_auc(scores[sel], labels[sel])
     return out
+
+
+def _json_number(x: float) -> float | None:
+    """Rounded for the JSON line; NaN (a slice with one class) becomes null.
+
+    >>> _json_number(0.123456), _json_number(float("nan"))
+    (0.1235, None)
+    """
+    return None if not math.isfinite(x) else round(x, 4)
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -236,23 +280,36 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(finite), (statistics.stdev(finite) if len(finite) > 1 else 0.0)
 
 
-def _plot(path: Path, summary: dict, seeds: int, scope: str) -> None:
+def _plot(path: Path, summary: dict, deltas: dict, seeds: int, scope: str) -> None:
+    """Left: AUC per interactions bucket and variant; right: the paired Δ per bucket."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     labels = [bucket_label(lo, hi) for lo, hi in BUCKETS]
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, (ax, ax_d) = plt.subplots(1, 2, figsize=(12, 4))
     for variant, offset in zip(VARIANTS, (-0.08, 0.08), strict=True):
         means = [summary[variant][b][0] for b in labels]
         stds = [summary[variant][b][1] for b in labels]
         xs = [i + offset for i in range(len(labels))]
         ax.errorbar(xs, means, yerr=stds, marker="o", capsize=3, label=variant)
     ax.axhline(0.5, color="grey", lw=0.8, ls=":")
-    ax.set_xticks(range(len(labels)), labels)
-    ax.set_xlabel("item's earlier interactions when the sample was scored")
+    d = [_mean_std(deltas[b]) for b in labels]
+    ax_d.errorbar(
+        range(len(labels)),
+        [m for m, _ in d],
+        yerr=[s for _, s in d],
+        marker="o",
+        capsize=3,
+        color="C2",
+    )
+    ax_d.axhline(0.0, color="grey", lw=0.8, ls=":")
+    for a in (ax, ax_d):
+        a.set_xticks(range(len(labels)), labels)
+        a.set_xlabel("item's earlier interactions when the sample was scored")
     ax.set_ylabel("prequential AUC")
+    ax_d.set_ylabel("Δ AUC, IDProxy − ID-only (paired per seed)")
     ax.set_title(f"Online ranker on MovieLens-100K, mean ± std over {seeds} seeds\n{scope}")
     ax.legend()
     fig.tight_layout()
@@ -290,7 +347,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     per_seed: dict[str, list[dict[str, float]]] = {v: [] for v in VARIANTS}
     jobs = [(seed, v) for seed in seeds for v in VARIANTS]
     for seed, variant in tqdm(jobs, desc="bench online", unit="replay"):
-        _, pred = replay_model(settings, variant, seed, hidden, cache, records)
+        _, pred = replay_model(
+            settings, variant, seed, hidden, cache, records, cut, args.live_adaptor_lr_scale
+        )
         per_seed[variant].append(
             auc_table(
                 pred["score"][cut:],
@@ -300,12 +359,15 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             )
         )
 
-    keys = ["all", "new", "new_by_time"] + [bucket_label(lo, hi) for lo, hi in BUCKETS]
+    keys = ["all", "warm", "new", "new_by_time", "0_by_time"]
+    keys += [bucket_label(lo, hi) for lo, hi in BUCKETS]
     summary = {v: {k: _mean_std([r[k] for r in per_seed[v]]) for k in keys} for v in VARIANTS}
     deltas = {
         k: [a[k] - b[k] for a, b in zip(per_seed["idproxy"], per_seed["id-only"], strict=True)]
         for k in keys
     }
+    delta_summary = {k: _mean_std(deltas[k]) for k in keys}
+    wins = {k: sum(d > 0 for d in deltas[k] if math.isfinite(d)) for k in keys}
     phi = f"φ fitted on the first {cut:,}" if stage1 else "untrained φ"
     scope = f"ratings {cut + 1:,}–{len(records):,}" if cut else f"{len(records):,} ratings"
     table = Table(title=f"prequential AUC, {scope}, {phi}, {len(seeds)} seeds (mean ± std)")
@@ -314,19 +376,20 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     for k in keys:
         name = {
             "all": "all items",
+            "warm": f"warm items (≥ {WARM_MIN})",
             "new": f"new items (< {t.new_item_interactions})",
             "new_by_time": "new, per stream decile",
+            "0_by_time": "item seen 0×, per stream decile",
         }.get(k, f"item seen {k}×")
         m_i, s_i = summary["idproxy"][k]
         m_o, s_o = summary["id-only"][k]
-        d_m, d_s = _mean_std(deltas[k])
-        wins = sum(d > 0 for d in deltas[k] if math.isfinite(d))
+        d_m, d_s = delta_summary[k]
         table.add_row(
             name,
             f"{m_i:.3f}±{s_i:.3f}",
             f"{m_o:.3f}±{s_o:.3f}",
             f"{d_m:+.3f}±{d_s:.3f}",
-            f"{wins}/{len(seeds)}",
+            f"{wins[k]}/{len(seeds)}",
         )
     Console().print(table)
 
@@ -338,17 +401,22 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         "seeds": seeds,
         "tiny": args.tiny,
         "adaptor_lr_scale": t.online_adaptor_lr_scale,
+        "live_adaptor_lr_scale": args.live_adaptor_lr_scale,
         "evaluated_from": cut,
         "stage1": stage1,
         "per_seed": per_seed,
-        "delta_new_mean": round(_mean_std(deltas["new"])[0], 4),
-        "delta_new_by_time_mean": round(_mean_std(deltas["new_by_time"])[0], 4),
-        "delta_all_mean": round(_mean_std(deltas["all"])[0], 4),
-        "new_wins": sum(d > 0 for d in deltas["new"]),
-        "seconds": round(time.time() - started, 1),
-        "run_dir": str(out),
     }
+    for k, name in (
+        ("all", "all"),
+        ("warm", "warm"),
+        ("new", "new"),
+        ("new_by_time", "new_by_time"),
+    ):
+        result[f"delta_{name}_mean"] = _json_number(delta_summary[k][0])
+        result[f"delta_{name}_std"] = _json_number(delta_summary[k][1])
+        result[f"{name}_wins"] = wins[k]
+    result |= {"seconds": round(time.time() - started, 1), "run_dir": str(out)}
     (out / "results.json").write_text(json.dumps(result, indent=1))
-    _plot(out / "auc_by_interactions.png", summary, len(seeds), f"{scope}, {phi}")
+    _plot(out / "auc_by_interactions.png", summary, deltas, len(seeds), f"{scope}, {phi}")
     print(json.dumps({k: v for k, v in result.items() if k != "per_seed"}), flush=True)
     return 0

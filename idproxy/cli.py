@@ -32,7 +32,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "trainer.online_cli",
         "run the online Stage-2 trainer (samples -> ranker + adaptor)",
     ),
-    "realign": ("trainer.realign_cli", "re-align the coarse head to the trainer's ID table"),
+    "realign": ("trainer.realign_cli", "re-align the coarse head to the ID-only ranker's table"),
+    "bootstrap": (
+        "trainer.bootstrap_cli",
+        "deploy on the history period: ID-only ranker, Stage 1, Stage-2 pretraining",
+    ),
     "settings": ("idproxy.show_settings", "print the effective settings as JSON"),
 }
 

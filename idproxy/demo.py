@@ -2,17 +2,23 @@
 
 1. A broker by the ladder (Apache Kafka from jars where present, else embedded Tansu).
 2. Supervised subprocesses (logs in ``<run>/logs``): the store materializer and its HTTP
-   read API, the faust processor, ``demo.workers`` proxy workers (real weights unless
-   ``--tiny``), two online trainers on the same ``samples`` stream (``idproxy`` with the
-   proxies in the ID slot, and the ``id-only`` baseline, each its own consumer group) and
-   the re-alignment scheduler.
-3. The replay: each item is uploaded ``upload_lead_days`` dataset days before its first
-   rating. The launch catalogue (items whose upload would fall before the first rating)
-   goes first, and the clicks wait until it is servable. Then ratings arrive as clicks in
-   time order, compressed to ``replay_s`` seconds, and the remaining items are uploaded
-   live, so new items keep arriving.
+   read API, the faust processor and ``demo.workers`` proxy workers (real weights unless
+   ``--tiny``).
+3. Go-live as paper §3.2.4 deploys: each item is uploaded ``upload_lead_days`` dataset
+   days before its first rating. The launch catalogue (items uploaded by go-live) goes
+   first and the demo waits until it is servable. The history period (the first
+   ``history_fraction`` of the ratings) is then sent as clicks without waiting, and
+   ``idproxy bootstrap`` trains the ID-only ranker on it, fits Stage 1 to its ID table and
+   pretrains Stage 2 (publishing that bundle and its proxies).
+4. Live: two online trainers resume from the bootstrap on the same ``samples`` stream
+   (``idproxy`` with the proxies in the ID slot, and the ``id-only`` baseline, each its
+   own consumer group, at niceness ``trainer_nice`` so the worker keeps its core), and the
+   re-alignment scheduler keeps φ aligned to the ID-only trainer's table. The remaining
+   ratings arrive as clicks in time order, compressed to ``replay_s`` seconds, and the
+   remaining items are uploaded live, so new items keep arriving. The summary scores only
+   these live samples.
    Events are stamped with the wall-clock time they are sent (freshness, item age).
-4. Progress lines while it runs; then it waits until every item is servable and both
+5. Progress lines while it runs; then it waits until every item is servable and both
    trainers have consumed every sample, stops everything (SIGTERM, then SIGKILL; also on
    Ctrl-C) and prints the summary (``idproxy.demo_report``): counts, DLQ, freshness,
    online AUC of IDProxy vs ID-only on new and on all items, the versions published,
@@ -73,7 +79,8 @@ class Plan:
     checkpoint_every_s: float
     drain_timeout_s: float
     upload_lead_days: float
-    catalogue: tuple[str, ...]  # items of the launch catalogue (uploaded before the clicks)
+    catalogue: tuple[str, ...]  # items of the launch catalogue (uploaded by go-live)
+    history: int  # ratings of the history period (bootstrapped on, not scored)
     catalogue_timeout_s: float
     kill_each: bool
     bad_share: float
@@ -91,11 +98,12 @@ def make_plan(args: argparse.Namespace, settings: Settings) -> Plan:
     data = load_movielens()
     ratings = min(args.ratings or (d.quick_ratings if args.quick else d.ratings), len(data.users))
     replay_s = args.replay_s or (d.quick_replay_s if args.quick else d.replay_s)
-    span = float(data.timestamps[ratings - 1] - data.timestamps[0])
+    history = int(ratings * d.history_fraction)
+    span = float(data.timestamps[ratings - 1] - data.timestamps[history])
     stamp = time.strftime("%Y%m%d-%H%M%S")
     lead_days = d.quick_upload_lead_days if args.quick else d.upload_lead_days
     catalogue = tuple(
-        e.item_id for *_, e, _ in movielens_events(ratings, lead_days * 86400, "catalogue")
+        e.item_id for *_, e, _ in movielens_events(ratings, lead_days * 86400, "catalogue", history)
     )
     return Plan(
         ratings=ratings,
@@ -109,6 +117,7 @@ def make_plan(args: argparse.Namespace, settings: Settings) -> Plan:
         drain_timeout_s=d.quick_drain_timeout_s if args.quick else d.drain_timeout_s,
         upload_lead_days=lead_days,
         catalogue=catalogue,
+        history=history,
         catalogue_timeout_s=d.quick_catalogue_timeout_s if args.quick else d.catalogue_timeout_s,
         kill_each=args.kill_each,
         bad_share=args.bad_share,
@@ -153,7 +162,14 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         try:
             with Supervisor(plan.run_dir / "logs", env) as sup:
                 _start_components(sup, plan, settings)
-                _replay(sup, plan, settings, port, broker)
+                replay = ["publish", "movielens", "--limit", str(plan.ratings), "--restamp"]
+                replay += ["--upload-lead-days", str(plan.upload_lead_days)]
+                replay += ["--history", str(plan.history)]
+                _launch_catalogue(sup, plan, settings, port, replay)
+                _bootstrap(sup, plan, settings, broker, replay)
+                _start_trainers(sup, plan, settings)
+                live_from = time.time()
+                _replay(sup, plan, settings, port, broker, replay)
                 _drain(sup, plan, settings, port)
                 _stop_in_order(sup)
                 malformed = _published(sup).get("malformed", 0)
@@ -166,6 +182,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             return 130
     summary = write_report(
         plan,
+        live_from=live_from,
         broker_rung=broker.rung,
         seconds=time.time() - started,
         dlq=dlq,
@@ -231,10 +248,94 @@ def _start_components(sup, plan: Plan, settings: Settings) -> None:
     sup.start("processor", ["processor", "--datadir", str(r / "processor")])
     for k in range(plan.workers):
         sup.start(f"worker-{k}", ["worker", "--client-id", f"worker-{k}", *tiny])
+    for name, needle in (
+        ("processor", "processor ready"),
+        *((f"worker-{k}", "ready") for k in range(plan.workers)),
+    ):
+        sup.wait_for(name, needle, ready)
+    print("demo: components ready; uploading the launch catalogue", flush=True)
+
+
+def _bootstrap(sup, plan: Plan, settings: Settings, broker, replay: list[str]) -> None:
+    """Sends the history period's clicks, waits until the processor has turned them into
+    samples, then runs ``idproxy bootstrap`` (paper §3.2.4) on them."""
+    from idproxy.supervisor import ChildFailed
+
+    if not plan.history:
+        return
+    started = time.time()
+    _run_to_end(sup, "history", [*replay, "--part", "history"])
+    end = time.time() + settings.demo.ready_timeout_s
+    samples_topic = f"{sup.env['IDPROXY_KAFKA_TOPIC_PREFIX']}samples"
+    while (n := _samples_in_topic(settings, broker.current, samples_topic)) < plan.history:
+        sup.check_alive()
+        if time.time() >= end:
+            raise ChildFailed(f"only {n}/{plan.history} history samples reached the topic")
+        time.sleep(1)
+    r = plan.run_dir
+    tiny = ["--tiny"] if plan.tiny else []
+    print(f"demo: {plan.history:,} history samples; bootstrapping the deployment", flush=True)
+    _run_to_end(
+        sup,
+        "bootstrap",
+        [
+            "bootstrap",
+            "--id-only-state",
+            str(r / "trainer-id-only"),
+            "--idproxy-state",
+            str(r / "trainer-idproxy"),
+            *tiny,
+        ],
+    )
+    lines = [ln for ln in sup.logs("bootstrap").splitlines() if ln.startswith("{")]
+    result = json.loads(lines[-1]) if lines else {}
+    (r / "bootstrap.json").write_text(json.dumps(result, indent=1))
+    stage1 = result.get("stage1", {})
+    print(
+        f"demo: bootstrap done in {time.time() - started:.0f} s (Stage 1 "
+        f"{'accepted' if stage1.get('accepted') else 'not accepted'}: {stage1.get('new')})",
+        flush=True,
+    )
+
+
+def _run_to_end(sup, name: str, args: list[str]) -> None:
+    """Runs one supervised command to its end; raises ChildFailed if it fails."""
+    from idproxy.supervisor import ChildFailed
+
+    child = sup.start(name, args)
+    while child.proc.poll() is None:
+        sup.check_alive([n for n in sup.children if n != name])
+        time.sleep(0.5)
+    if child.proc.returncode != 0:
+        raise ChildFailed(f"{name} exited ({child.proc.returncode}):\n{child.tail()}")
+    sup.stop(name)
+
+
+def _samples_in_topic(settings: Settings, broker, topic: str) -> int:
+    """Records in ``topic`` (the sum of its partitions' end offsets)."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    from streams.kafka_config import consumer_config
+
+    consumer = KafkaConsumer(**consumer_config(settings, broker, None))
+    try:
+        parts = consumer.partitions_for_topic(topic) or set()
+        ends = consumer.end_offsets([TopicPartition(topic, p) for p in parts])
+        return sum(ends.values())
+    finally:
+        consumer.close()
+
+
+def _start_trainers(sup, plan: Plan, settings: Settings) -> None:
+    """The two live trainers (resuming from the bootstrap) and the re-alignment schedule."""
+    r = plan.run_dir
+    nice = settings.demo.trainer_nice
+    tiny = ["--tiny"] if plan.tiny else []
     for variant in ("idproxy", "id-only"):
         sup.start(
             f"trainer-{variant}",
             ["trainer", "--variant", variant, "--state-dir", str(r / f"trainer-{variant}")],
+            nice=nice,
         )
     sup.start(
         "scheduler",
@@ -244,31 +345,26 @@ def _start_components(sup, plan: Plan, settings: Settings) -> None:
             "--interval-s",
             str(plan.realign_interval_s),
             "--trainer-state",
-            str(r / "trainer-idproxy"),
+            str(r / "trainer-id-only"),
             "--state-dir",
             str(r / "realign"),
             *tiny,
         ],
+        nice=nice,
     )
-    # (the idproxy trainer learns its model dims from the first item features, so it
-    # becomes ready once the replay has begun)
-    for name, needle in (
-        ("processor", "processor ready"),
-        *((f"worker-{k}", "ready") for k in range(plan.workers)),
-        ("trainer-id-only", "trainer ready"),
-    ):
-        sup.wait_for(name, needle, ready)
-    print("demo: components ready; starting the replay", flush=True)
+    ready = settings.demo.ready_timeout_s
+    for name in ("trainer-id-only", "trainer-idproxy"):
+        sup.wait_for(name, "trainer ready", ready)
+    print("demo: trainers live; starting the replay", flush=True)
 
 
-def _replay(sup, plan: Plan, settings: Settings, port: int, broker: DemoBroker) -> None:
-    """Runs the publisher and prints progress until it has sent every event; with
-    ``kill_each``, SIGKILLs and restarts one component after another meanwhile."""
+def _replay(
+    sup, plan: Plan, settings: Settings, port: int, broker: DemoBroker, replay: list[str]
+) -> None:
+    """Runs the publisher of the live part and prints progress until it has sent every
+    event; with ``kill_each``, SIGKILLs and restarts one component after another meanwhile."""
     from idproxy.supervisor import ChildFailed
 
-    replay = ["publish", "movielens", "--limit", str(plan.ratings), "--restamp"]
-    replay += ["--upload-lead-days", str(plan.upload_lead_days)]
-    _launch_catalogue(sup, plan, settings, port, replay)
     sup.start(
         "publisher",
         [
@@ -304,7 +400,7 @@ def _replay(sup, plan: Plan, settings: Settings, port: int, broker: DemoBroker) 
 
 
 def _launch_catalogue(sup, plan: Plan, settings: Settings, port: int, replay: list[str]) -> None:
-    """Uploads the launch catalogue (items live before the first rating) and waits, at most
+    """Uploads the launch catalogue (items uploaded by go-live) and waits, at most
     ``catalogue_timeout_s``, until it is servable: the system goes live with its catalogue
     proxied, as a production launch would after a backfill, and the clicks start then.
 
@@ -312,17 +408,7 @@ def _launch_catalogue(sup, plan: Plan, settings: Settings, port: int, replay: li
     as one burst that one CPU worker needs minutes to clear, so most first clicks of new
     items would find no proxy yet (16–31 % would, by a FIFO estimate at 6–10 items/s).
     """
-    from idproxy.supervisor import ChildFailed
-
-    sup.start("catalogue", [*replay, "--part", "catalogue"])
-    catalogue = sup.children["catalogue"]
-    while catalogue.proc.poll() is None:
-        time.sleep(0.5)
-    if catalogue.proc.returncode != 0:
-        raise ChildFailed(
-            f"catalogue upload exited ({catalogue.proc.returncode}):\n{catalogue.tail()}"
-        )
-    sup.stop("catalogue")
+    _run_to_end(sup, "catalogue", [*replay, "--part", "catalogue"])
     end, last = time.time() + plan.catalogue_timeout_s, 0.0
     while (servable := _servable(port)[0]) < len(plan.catalogue):
         sup.check_alive()

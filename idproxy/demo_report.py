@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from trainer.streaming_metrics import auc_per_slice, time_stratified_auc
+from trainer.streaming_metrics import auc_per_slice, exact_auc, time_stratified_auc
 
 VARIANTS = ("idproxy", "id-only")
 
@@ -48,20 +48,42 @@ def percentile(values: list[float], q: float) -> float | None:
     return round(float(np.percentile(values, q)), 3) if values else None
 
 
+def live_predictions(path: Path, live_from: float) -> dict[str, np.ndarray]:
+    """The prequential predictions of samples stamped at or after ``live_from`` (wall-clock
+    s): the live part, without the history period the bootstrap trained on."""
+    with np.load(path, allow_pickle=False) as data:
+        live = data["ts"] >= live_from
+        return {k: data[k][live] for k in ("score", "label", "is_new")}
+
+
 def write_report(
-    plan, *, broker_rung: int, seconds: float, dlq: int, malformed: int, faults: dict[str, int]
+    plan,
+    *,
+    live_from: float,
+    broker_rung: int,
+    seconds: float,
+    dlq: int,
+    malformed: int,
+    faults: dict[str, int],
 ) -> dict:
-    """Builds the summary of a finished demo run (``plan``: ``idproxy.demo.Plan``)."""
+    """Builds the summary of a finished demo run (``plan``: ``idproxy.demo.Plan``); AUCs
+    are over the live samples only (``live_from``: the wall-clock time go-live began)."""
     r = plan.run_dir
-    trainers, curves, stratified = {}, {}, {}
+    trainers, curves, aucs = {}, {}, {}
     for v in VARIANTS:
         folder = r / f"trainer-{v}"
         trainers[v] = _read_json(folder / "summary.json")
         if (folder / "predictions.npz").is_file():
-            with np.load(folder / "predictions.npz", allow_pickle=False) as data:
-                pred = {k: data[k] for k in ("score", "label", "is_new")}
+            pred = live_predictions(folder / "predictions.npz", live_from)
             curves[v] = auc_over_time(pred, buckets=10)
-            stratified[v] = time_stratified_auc(pred, buckets=10)
+            new = pred["is_new"]
+            aucs[v] = {
+                "auc_all": _rounded(exact_auc(pred["score"], pred["label"])),
+                "auc_new": _rounded(exact_auc(pred["score"][new], pred["label"][new])),
+                "auc_new_by_decile": _rounded(time_stratified_auc(pred, buckets=10)),
+                "live_samples": int(len(new)),
+                "new_samples": int(new.sum()),
+            }
     by_item = _read_json(r / "materializer.json").get("freshness_s", {})
     catalogue = set(plan.catalogue)
     fresh = [s for item, s in by_item.items() if item not in catalogue]  # uploaded live
@@ -84,17 +106,23 @@ def write_report(
         "active_version": active,
         "versions_published": versions,
     }
+    summary["history_ratings"] = plan.history
     for v, s in trainers.items():
         key = v.replace("-", "_")
         summary[f"samples_{key}"] = s.get("samples")
-        summary[f"auc_all_{key}"] = s.get("cum_auc_all")
-        summary[f"auc_new_{key}"] = s.get("cum_auc_new")
-        summary[f"auc_new_by_decile_{key}"] = stratified.get(v)
-        summary[f"new_samples_{key}"] = s.get("n_new")
+        for name, value in aucs.get(v, {}).items():
+            summary[f"{name}_{key}"] = value
+    for name in ("auc_all", "auc_new", "auc_new_by_decile"):
+        a, b = summary.get(f"{name}_idproxy"), summary.get(f"{name}_id_only")
+        summary[f"delta_{name[4:]}"] = None if a is None or b is None else round(a - b, 4)
     _print_table(summary)
     _plot(r, curves, fresh)
     (r / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def _rounded(x: float | None) -> float | None:
+    return None if x is None or math.isnan(x) else round(float(x), 4)
 
 
 def _read_json(path: Path) -> dict:
@@ -120,7 +148,7 @@ def _print_table(s: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title="IDProxy demo summary")
+    table = Table(title="IDProxy demo summary (AUCs over the live samples)")
     table.add_column("measure")
     table.add_column("IDProxy", justify="right")
     table.add_column("ID only", justify="right")
@@ -128,8 +156,9 @@ def _print_table(s: dict) -> None:
         ("online AUC, new items", "auc_new"),
         ("... per stream decile, weighted", "auc_new_by_decile"),
         ("online AUC, all items", "auc_all"),
-        ("samples trained", "samples"),
-        ("samples of new items", "new_samples"),
+        ("samples trained (history + live)", "samples"),
+        ("live samples scored", "live_samples"),
+        ("live samples of new items", "new_samples"),
     ):
         table.add_row(label, str(s.get(f"{key}_idproxy")), str(s.get(f"{key}_id_only")))
     Console().print(table)

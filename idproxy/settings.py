@@ -175,7 +175,9 @@ class TrainerSettings(BaseModel):
     )
     online_lr: float = Field(1e-3, description="Adam learning rate of the online trainer")
     online_adaptor_lr_scale: float = Field(
-        0.1, gt=0, description="Learning rate of the fine head (φ̃, gate) relative to online_lr"
+        0.1,
+        ge=0,
+        description="Learning rate of the fine head (φ̃, gate) relative to online_lr (0 = frozen)",
     )
     online_seed: int = Field(0, description="Seed of the online ranker's initialisation")
     online_fine_input: Literal["none", "signed_log"] = Field(
@@ -198,13 +200,32 @@ class TrainerSettings(BaseModel):
     realign_interval_s: int = 600
     realign_holdout_fraction: float = Field(0.2, description="Held-out share of kept ids")
     realign_tolerance: float = Field(0.0, description="Allowed held-out regression")
+    realign_continuity: bool = Field(
+        True, description="Rotate a new coarse version onto the current one's basis (Procrustes)"
+    )
 
 
 class DemoSettings(BaseModel):
     """`idproxy demo`: the whole system on a MovieLens-100K replay."""
 
     ratings: int = Field(100_000, description="Ratings replayed (MovieLens-100K has 100,000)")
-    replay_s: float = Field(420.0, description="Wall-clock length of the replay (time compressed)")
+    replay_s: float = Field(
+        300.0, description="Wall-clock length of the live replay after go-live (time compressed)"
+    )
+    history_fraction: float = Field(
+        0.5,
+        ge=0.0,
+        lt=1.0,
+        description="Share of the ratings that form the history period `idproxy bootstrap` "
+        "deploys on before go-live (0 = no bootstrap: untrained heads go live)",
+    )
+    trainer_nice: int = Field(
+        10,
+        ge=0,
+        le=19,
+        description="Niceness of the demo's trainers: the proxy worker gets the CPU it would "
+        "have on its own machine when both want it",
+    )
     quick_ratings: int = Field(4000, description="Ratings replayed by `demo --quick`")
     quick_replay_s: float = Field(45.0, description="Replay length of `demo --quick`")
     workers: int = Field(1, description="Proxy workers (consumer-group members)")

@@ -59,9 +59,12 @@ class Supervisor:
         self.argv: dict[str, list[str]] = {}  # name -> full command line, for restarts
         self.restarts: dict[str, int] = {}
 
-    def start(self, name: str, args: list[str], *, command: bool = True) -> Child:
-        """Runs ``idproxy <args>`` (or ``args`` as is when ``command=False``)."""
+    def start(self, name: str, args: list[str], *, command: bool = True, nice: int = 0) -> Child:
+        """Runs ``idproxy <args>`` (or ``args`` as is when ``command=False``), at niceness
+        ``nice`` (through nice(1), which execs the command: same pid, same group)."""
         argv = [sys.executable, "-m", "idproxy.cli", *args] if command else args
+        if nice:
+            argv = ["nice", "-n", str(nice), *argv]
         self.argv[name] = argv
         log_path = self.log_dir / f"{name}.log"
         log_start = log_path.stat().st_size if log_path.is_file() else 0

@@ -56,49 +56,64 @@ def event_key(raw: bytes, field: str) -> bytes | None:
     return str(value).encode() if value is not None else None
 
 
-ReplayPart = Literal["all", "catalogue", "stream"]
+ReplayPart = Literal["all", "catalogue", "history", "stream"]
 
 
 def movielens_events(
-    limit: int | None = None, upload_lead_s: float = 0.0, part: ReplayPart = "all"
+    limit: int | None = None,
+    upload_lead_s: float = 0.0,
+    part: ReplayPart = "all",
+    history: int = 0,
 ) -> Iterator[tuple[str, bytes, BaseModel, float]]:
     """(topic kind, key, event, dataset time in s) in time order.
 
     Each item is uploaded ``upload_lead_s`` dataset seconds before its first rating; with 0
-    it comes just before that rating. Items whose upload time would fall before the first
-    rating are the **launch catalogue**: they are uploaded at the start. ``part`` picks
-    what is yielded: ``all``; only the ``catalogue`` uploads; or the ``stream``, meaning
-    every click plus the uploads of items that are not in the catalogue.
+    it comes just before that rating. The first ``history`` ratings are the **history
+    period** the deployment is bootstrapped on (``idproxy bootstrap``); the system goes
+    live at the time of the rating after them (the first rating when ``history`` is 0).
+    Items whose upload time falls at or before go-live are the **launch catalogue**: they
+    are uploaded first. ``part`` picks what is yielded: ``all``; only the ``catalogue``
+    uploads; the ``history`` clicks; or the ``stream``, meaning the clicks after the
+    history period plus the uploads of items that are not in the catalogue.
     """
-    from streams.events import Click, ItemUploaded
+    from streams.events import Click
     from trainer.movielens import load_movielens
 
     data = load_movielens()
     n = len(data.users) if limit is None else min(limit, len(data.users))
+    if not 0 <= history < n:
+        raise ValueError(f"history must be in [0, {n}) ratings, got {history}")
     start = float(data.timestamps[0])
+    go_live = float(data.timestamps[history])
     first: dict[int, float] = {}  # item -> its upload time
     for k in range(n):
         first.setdefault(int(data.items[k]), max(start, float(data.timestamps[k]) - upload_lead_s))
     uploads = sorted(first.items(), key=lambda kv: kv[1])  # stable: ties keep rating order
+    if part == "catalogue":
+        for up_item, up_ts in uploads:
+            if up_ts > go_live:
+                return
+            yield "items", str(up_item).encode(), _upload(data, up_item, up_ts), up_ts
+        return
     u = 0
-    for k in range(n):
+    for k in range(history if part == "history" else n):
         item, user, ts = int(data.items[k]), int(data.users[k]), float(data.timestamps[k])
         while u < len(uploads) and (uploads[u][1] <= ts or uploads[u][0] == item):
             up_item, up_ts = uploads[u]
             u += 1
-            in_catalogue = up_ts == start
-            if part == "all" or (part == "catalogue") == in_catalogue:
-                title = data.item_title[up_item]
-                text = data.item_text(up_item)[len(title) :].strip(" .")
-                event = ItemUploaded(
-                    item_id=str(up_item), title=title, text=text, uploaded_at=up_ts
-                )
-                yield "items", str(up_item).encode(), event, up_ts
-        if part == "catalogue" and (u == len(uploads) or uploads[u][1] > start):
-            return
-        if part != "catalogue":
+            if part == "all" or (part == "stream" and up_ts > go_live):
+                yield "items", str(up_item).encode(), _upload(data, up_item, up_ts), up_ts
+        if part == "all" or (part == "history") == (k < history):
             click = Click(user_id=str(user), item_id=str(item), label=int(data.labels[k]), ts=ts)
             yield "clicks", str(user).encode(), click, ts
+
+
+def _upload(data, item: int, ts: float) -> BaseModel:
+    from streams.events import ItemUploaded
+
+    title = data.item_title[item]
+    text = data.item_text(item)[len(title) :].strip(" .")
+    return ItemUploaded(item_id=str(item), title=title, text=text, uploaded_at=ts)
 
 
 def restamped(event: BaseModel, now: float) -> BaseModel:
@@ -130,10 +145,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     ml.add_argument("--seed", type=int, default=0, help="seed of the malformed-event draw")
     ml.add_argument(
         "--part",
-        choices=["all", "catalogue", "stream"],
+        choices=["all", "catalogue", "history", "stream"],
         default="all",
-        help="all events; only the launch catalogue (items uploaded before the first rating); "
-        "or the stream without it",
+        help="all events; only the launch catalogue (items uploaded by go-live); the history "
+        "period's clicks; or the stream after it, without the catalogue",
+    )
+    ml.add_argument(
+        "--history",
+        type=int,
+        default=0,
+        help="ratings in the history period (go-live is the rating after them; default 0)",
     )
     ml.add_argument(
         "--restamp",
@@ -164,7 +185,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         rng = random.Random(args.seed)
         first_ts = None
         for kind, key, event, ts in tqdm(
-            movielens_events(args.limit, args.upload_lead_days * 86400, args.part),
+            movielens_events(args.limit, args.upload_lead_days * 86400, args.part, args.history),
             desc="replay",
             unit="event",
         ):

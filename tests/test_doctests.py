@@ -23,6 +23,8 @@ MODULES = [
     "streams.fast_decode",
     "trainer.sample_decoder",
     "idproxy.prometheus",
+    "trainer.fusion",
+    "trainer.optim",
 ]
 
 

@@ -97,8 +97,9 @@ class GrowingEmbedding(nn.Module):
         self.counts.add_(torch.from_numpy(used).to(self.counts.device))  # in place: no temporary
 
     def forward(self, rows: torch.Tensor) -> torch.Tensor:
-        """rows [*] -> [*, d]; row 0 gives zeros."""
-        return nn.functional.embedding(rows, self.weight, padding_idx=0)
+        """rows [*] -> [*, d]; row 0 gives zeros. The gradient is row-sparse (for
+        ``trainer.optim.RowSparseAdam``: rows not in the batch do not move)."""
+        return nn.functional.embedding(rows, self.weight, padding_idx=0, sparse=True)
 
     def restore(self, ids: list[str], weight: torch.Tensor, counts: torch.Tensor) -> None:
         """Loads a saved table (ids in row order, weight [C, d], counts [C])."""

@@ -45,6 +45,7 @@ from streams.lifecycle import commit_or_log, poll_or_wait, stop_signals
 from trainer.checkpoint import CheckpointDir, Predictions, load_optimizer, model_state
 from trainer.item_cache import REPROXY_PREFIX, ContentReader, ItemCache
 from trainer.online_model import Batch, OnlineRanker, OnlineShape, Variant
+from trainer.optim import RowSparseAdam
 from trainer.sample_decoder import DecodedBatch, DecoderState, open_decoder
 from trainer.streaming_metrics import WindowedAUC, exact_auc
 
@@ -127,35 +128,25 @@ def train_step(model: OnlineRanker, optimizer: torch.optim.Optimizer, batch: Bat
 
 def attach_optimizer(
     model: OnlineRanker, lr: float, adaptor_lr_scale: float = 1.0
-) -> torch.optim.Adam:
-    """Adam over all parameters; a growing table swaps its parameter and pads the state.
+) -> RowSparseAdam:
+    """Row-sparse Adam on the ID tables, Adam on the rest; a growing table swaps its
+    parameter and pads the state (``RowSparseAdam.replace_param``).
 
     The fine head (adaptor φ̃ and gate W_g, W_c) gets its own group with learning rate
-    ``lr * adaptor_lr_scale``. The paper gives no learning rates. At the ranker's rate, the
-    adaptor (~220k weights on 3×576 LM features, against 32-d ID rows) fits per-item noise:
-    in a prequential replay of MovieLens-100K (``idproxy bench online``), new-item AUC did
-    not beat ID-only and all-item AUC fell by 0.02–0.03. At 0.1× the new-item gain was
-    positive on every seed. The figures are in docs/TRAINER.md.
+    ``lr * adaptor_lr_scale`` (0 freezes it). The paper gives no learning rates. At the
+    ranker's rate, the adaptor (~220k weights on 3×576 LM features, against 32-d ID rows)
+    fits per-item noise; ``idproxy bench online --adaptor-lr-scale`` measures the choice
+    (docs/TRAINER.md).
     """
+    tables = [model.user_table.weight, model.item_table.weight]
     fine = list(model.fine_head.parameters()) if model.variant == "idproxy" else []
-    fine_ids = {id(p) for p in fine}
-    groups = [{"params": [p for p in model.parameters() if id(p) not in fine_ids]}]
+    skip = {id(p) for p in fine + tables}
+    groups = [{"params": [p for p in model.parameters() if id(p) not in skip]}]
     if fine:
         groups.append({"params": fine, "lr": lr * adaptor_lr_scale})
-    optimizer = torch.optim.Adam(groups, lr=lr)
-
-    def on_grow(old: torch.nn.Parameter, new: torch.nn.Parameter) -> None:
-        for group in optimizer.param_groups:
-            group["params"] = [new if p is old else p for p in group["params"]]
-        state = optimizer.state.pop(old, None)
-        if state:
-            for key in ("exp_avg", "exp_avg_sq"):
-                pad = state[key].new_zeros(new.shape[0] - old.shape[0], *old.shape[1:])
-                state[key] = torch.cat([state[key], pad])
-            optimizer.state[new] = state
-
-    model.user_table.on_grow.append(on_grow)
-    model.item_table.on_grow.append(on_grow)
+    optimizer = RowSparseAdam(groups, tables, lr=lr)
+    model.user_table.on_grow.append(optimizer.replace_param)
+    model.item_table.on_grow.append(optimizer.replace_param)
     return optimizer
 
 

@@ -2,20 +2,22 @@
 
 Logit for (user u, target item i, history h_1..h_L):
 
-    slot(j)  = e_id(j)                                          (variant ``id-only``)
-    slot(j)  = W_s [e_id(j), m_j p_coarse(j), m_j p_fine(j), m_j]   (variant ``idproxy``)
+    slot(j)  = e_id(j)                                               (variant ``id-only``)
+    slot(j)  = ProxyFusion(e_id(j), n_j, [p_coarse(j), p_fine(j)], m_j)  (``idproxy``)
     x0       = [e_user(u), slot(i), DIN(slot(i), slot(h_1..h_L))]
     logit    = MLP(CrossNetV2(x0))
 
 ``slot`` is the same function for the target and for every history item ("structure
-reuse", paper §3.2.3). p_fine = FineHead(p_coarse, z_groups) (adaptor φ̃ + gate W_g, W_c)
-is computed inside the forward pass, so the CTR BCE loss trains it end to end; the MLLM
-never runs here (z_groups are cached features).
+reuse", paper §3.2.3). The fusion (``trainer.fusion``) starts as the identity on e_id, so
+an untrained idproxy ranker is the id-only ranker with the same seed. n_j is the number of
+training updates item j's ID row has had (``item_table.counts`` before this batch), the
+warmth the fusion weighs the proxy by. p_fine = FineHead(p_coarse, z_groups) (adaptor φ̃
++ gate W_g, W_c) is computed inside the forward pass, so the CTR BCE loss trains it end to
+end; the MLLM never runs here (z_groups are cached features).
 
 **Miss mask.** m_j = 1 when item j has both cached features (z_groups) and a coarse proxy,
 else 0. A miss (an item whose features have not arrived yet, or a click that came before
-the upload: ``item_known=False``) contributes zeros for p_coarse and p_fine, and the flag
-m_j = 0 lets W_s learn a separate offset for such rows, so the slot falls back to e_id.
+the upload: ``item_known=False``) has the slot e_id alone.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import torch
 from torch import nn
 
 from proxy_model.heads import FineHead
+from trainer.fusion import ProxyFusion
 from trainer.growing_embedding import GrowingEmbedding
 from trainer.layers import CrossNetV2, TargetAttention, tower
 
@@ -83,14 +86,14 @@ class OnlineRanker(nn.Module):
         self.variant = variant
         self.user_table = GrowingEmbedding(d, shape.initial_rows, seed=2 * seed)
         self.item_table = GrowingEmbedding(d, shape.initial_rows, seed=2 * seed + 1)
-        if variant == "idproxy":
-            self.fine_head = FineHead(
-                shape.hidden_size, d, shape.adaptor_hidden, shape.n_groups, shape.fine_input
-            )
-            self.slot_proj = nn.Linear(3 * d + 1, d)
         self.attention = TargetAttention(d, shape.attention_hidden)
         self.cross = CrossNetV2(3 * d, shape.cross_layers)
         self.mlp = tower(3 * d, shape.mlp_hidden)
+        if variant == "idproxy":  # built last: both variants draw the same shared weights
+            self.fine_head = FineHead(
+                shape.hidden_size, d, shape.adaptor_hidden, shape.n_groups, shape.fine_input
+            )
+            self.fusion = ProxyFusion(d, n_proxies=2)
 
     def slots(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """(target slots [B, d], history slots [B, L, d])."""
@@ -99,11 +102,12 @@ class OnlineRanker(nn.Module):
         if self.variant == "id-only":
             return e[:, 0], e[:, 1:]
         assert batch.p_coarse is not None and batch.content_index is not None
-        has = batch.has_proxy.to(e.dtype)[:, None]  # [U, 1]
-        p_c = batch.p_coarse * has
-        p_f = self.fine_head(batch.p_coarse, batch.z_groups) * has
-        content = torch.cat([p_c, p_f, has], dim=-1)[batch.content_index]  # [B, 1+L, 2d+1]
-        s = self.slot_proj(torch.cat([e, content], dim=-1))
+        p_fine = self.fine_head(batch.p_coarse, batch.z_groups)
+        proxies = torch.stack([batch.p_coarse, p_fine], dim=1)[batch.content_index]
+        updates = self.item_table.counts[rows]  # [B, 1+L], before this batch's step
+        if self.training:
+            self.fusion.observe_id_norms(e.detach().flatten(0, 1), updates.flatten() > 0)
+        s = self.fusion(e, updates, proxies, batch.has_proxy[batch.content_index])
         return s[:, 0], s[:, 1:]
 
     def forward(self, batch: Batch) -> torch.Tensor:

@@ -36,6 +36,28 @@ from proxy_model.heads import CoarseHead
 from proxy_model.stage1 import AlignmentReport, Stage1Config, alignment_report, fit_coarse_head
 
 
+def keep_continuity(candidate: CoarseHead, current: CoarseHead, z: torch.Tensor) -> torch.Tensor:
+    """Rotates ``candidate`` in place onto ``current``'s basis; returns the rotation R [d, d].
+
+    A live ranker has learned its fusion maps on the current proxies, so a new coarse
+    version should not swap every item's p_coarse for a differently oriented vector. R is
+    the orthogonal Procrustes solution argmin_R ‖φ_new(z) R − φ_old(z)‖_F over the items'
+    features z [N, D] (R = U Vᵀ from the SVD of φ_new(z)ᵀ φ_old(z)); it is folded into the
+    candidate's last linear layer. A rotation keeps the geometry among the new proxies (their
+    norms and mutual cosines, so what the refit learned about which items are alike) and
+    changes only their orientation, back to the one the live ranker has learned; each
+    p_coarse moves as little as a rotation allows.
+    """
+    with torch.no_grad():
+        new, old = candidate(z), current(z)
+        u, _, vh = torch.linalg.svd(new.T @ old)
+        rotation = u @ vh
+        last = candidate.mlp[-1]
+        last.weight.copy_(rotation.T @ last.weight)
+        last.bias.copy_(last.bias @ rotation)
+    return rotation
+
+
 @dataclass(frozen=True)
 class RealignOutcome:
     """The guardrail's decision, both reports and the candidate head."""

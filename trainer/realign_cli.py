@@ -1,4 +1,8 @@
-"""`idproxy realign`: Stage-1 re-alignment of φ to the online trainer's drifting ID table.
+"""`idproxy realign`: Stage-1 re-alignment of φ to the ID-only ranker's drifting ID table.
+
+The targets are the ID rows of the **ID-only** trainer (``--trainer-state``), as the paper
+aligns to the base ranker's ID embeddings; the IDProxy trainer's own table would align φ
+to a table that already leans on the proxies.
 
 One run (``--once``, or every ``realign_interval_s`` with ``--schedule``):
 
@@ -8,7 +12,9 @@ One run (``--once``, or every ``realign_interval_s`` with ``--schedule``):
 3. takes the current coarse head φ from the LATEST bundle (else the seeded, untrained
    heads ``ProxyService.assemble`` builds) and calls ``trainer.realign.realign_coarse_head``
    (keep ≥ τ updates, ℓ2-normalise, warm-start φ, old vs new on held-out ids, guardrail);
-4. accepted: saves a new bundle (coarse replaced; pooling, projector, fine, layer groups,
+4. accepted: with ``trainer.realign_continuity`` (and a trained current version) rotates
+   the candidate onto the current version's basis (``trainer.realign.keep_continuity``), then
+   saves a new bundle (coarse replaced; pooling, projector, fine, layer groups,
    encoder name kept; fine = the trainer's latest adaptor when it has one) and publishes
    p_coarse = φ_new(z), p_fine = fine(p_coarse, z_groups) for every item with features as
    a new version (named after the bundle) followed by its VersionCommit;
@@ -65,7 +71,7 @@ def realign_once(settings: Settings, broker, args: argparse.Namespace) -> dict:
     from trainer.content import stage1_config
     from trainer.item_cache import ContentReader, ItemCache
     from trainer.online import publish_proxies
-    from trainer.realign import realign_coarse_head
+    from trainer.realign import keep_continuity, realign_coarse_head
 
     cache_dir = Path(settings.cache_dir)
     artifacts = Path(args.artifacts_dir or settings.model.artifacts_dir)
@@ -139,6 +145,11 @@ def realign_once(settings: Settings, broker, args: argparse.Namespace) -> dict:
         log.warning("re-alignment rejected: %s", outcome.reason)
         return result
 
+    z_all = stack(current, "z")
+    if settings.trainer.realign_continuity and not svc.proxy_version.startswith("untrained"):
+        rotation = keep_continuity(outcome.candidate, svc.coarse, z_all)
+        eye = torch.eye(rotation.shape[0])
+        result["continuity_rotation_fro"] = round(float(torch.linalg.norm(rotation - eye)), 4)
     fine = svc.fine
     trained = {k[len("fine_head.") :]: v for k, v in state.items() if k.startswith("fine_head.")}
     if trained and all(trained[k].shape == v.shape for k, v in fine.state_dict().items()):
@@ -169,7 +180,7 @@ def realign_once(settings: Settings, broker, args: argparse.Namespace) -> dict:
         },
     )
     with torch.no_grad():
-        p_coarse = outcome.candidate(stack(current, "z"))
+        p_coarse = outcome.candidate(z_all)
         p_fine = fine(p_coarse, stack(current, "z_groups"))
     from kafka import KafkaProducer
 

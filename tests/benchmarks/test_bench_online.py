@@ -19,6 +19,7 @@ def test_auc_table_scores_each_warm_up_bucket_on_its_own_samples():
     labels = np.array([1, 0, 1, 0, 1, 0])
     interactions = [0, 0, 1, 2, 7, 7]
     table = bench_online.auc_table(scores, labels, interactions, tau=3)
+    assert math.isnan(table["warm"])  # no sample of an item seen >= 20 times
     assert table["0"] == 1.0
     assert table["1-2"] == 0.0
     assert table["5-9"] == 0.5
@@ -31,10 +32,15 @@ def test_auc_table_scores_each_warm_up_bucket_on_its_own_samples():
 
 def test_bench_online_tiny_run_prints_a_summary_and_writes_the_plot(tmp_path, capsys):
     settings = Settings(run_dir=str(tmp_path))
-    args = argparse.Namespace(seeds="0,1", ratings=1500, tiny=True, split=0.0, stage1=False)
+    args = argparse.Namespace(
+        seeds="0,1", ratings=1500, tiny=True, split=0.0, stage1=False, live_adaptor_lr_scale=None
+    )
     assert bench_online.run(args, settings) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["bench"] == "online" and summary["ratings"] == 1500
+    for name in ("all", "warm", "new", "new_by_time"):  # the paired figures the goals name
+        assert f"delta_{name}_mean" in summary and f"{name}_wins" in summary
+    assert summary["delta_warm_mean"] is None  # 1,500 ratings: no item seen 20 times
     assert summary["seeds"] == [0, 1]
     out = Path(summary["run_dir"])
     assert out.parent == tmp_path
@@ -51,10 +57,13 @@ def test_stage1_fits_phi_on_rows_learned_before_the_split_and_scores_only_the_re
     tmp_path, capsys
 ):
     settings = Settings(run_dir=str(tmp_path))
-    args = argparse.Namespace(seeds="0", ratings=3000, tiny=True, split=0.5, stage1=True)
+    args = argparse.Namespace(
+        seeds="0", ratings=3000, tiny=True, split=0.5, stage1=True, live_adaptor_lr_scale=0.0
+    )
     assert bench_online.run(args, settings) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["evaluated_from"] == 1500
     fit = summary["stage1"]
     assert fit["targets"] >= 10  # items with >= tau updates in the first 1,500 ratings
     assert fit["recall_at_10_after"] > fit["recall_at_10_before"]  # φ moved towards the rows
+    assert summary["live_adaptor_lr_scale"] == 0.0

@@ -69,3 +69,12 @@ def test_quick_demo_runs_the_live_system_and_cleans_up(tmp_path):
     assert summary["catalogue_servable_s"] is not None
     assert (run_dir / "auc_over_time.png").stat().st_size > 0
     assert (run_dir / "freshness.png").stat().st_size > 0
+    # go-live after the bootstrap: both trainers trained on the history period and scored
+    # only the live samples; Stage 1 ran on the id-only ranker's table
+    assert 0 < summary["history_ratings"] < summary["ratings"]
+    for variant in ("idproxy", "id_only"):
+        assert summary[f"live_samples_{variant}"] == summary["ratings"] - summary["history_ratings"]
+    bootstrap = json.loads((run_dir / "bootstrap.json").read_text())
+    assert bootstrap["id_only"]["samples"] == bootstrap["idproxy"]["samples"]
+    assert bootstrap["id_only"]["samples"] == summary["history_ratings"]
+    assert "accepted" in bootstrap["stage1"]

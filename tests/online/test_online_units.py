@@ -68,8 +68,41 @@ def test_train_step_grows_tables_and_keeps_optimizer_state():
     assert model.item_table.capacity >= 31
     assert any(p is model.item_table.weight for p in params)
     assert any(p is model.user_table.weight for p in params)
-    assert opt.state[model.item_table.weight]["exp_avg"].shape == model.item_table.weight.shape
+    state = opt.sparse.state[model.item_table.weight]  # the ID tables: row-sparse Adam
+    assert state["exp_avg"].shape == model.item_table.weight.shape
     assert int(model.item_table.counts.sum()) > 0
+
+
+def test_row_sparse_adam_moves_only_the_rows_in_the_batch():
+    model, builder = _model("id-only")
+    opt = attach_optimizer(model, 1e-2)
+    data = samples(64, n_users=10, n_items=30)
+    train_step(model, opt, _batch(builder, data[:32]))  # momentum for the rows of batch 1
+    batch = _batch(builder, data[32:33])
+    used = set(torch.cat([batch.items, batch.history.flatten()]).tolist()) - {0}
+    before = model.item_table.weight.detach().clone()
+    train_step(model, opt, batch)
+    moved = (model.item_table.weight.detach() != before).any(dim=1).nonzero().flatten()
+    assert set(moved.tolist()) == used  # rows with momentum but not in the batch stay still
+
+
+def test_idproxy_ranker_starts_as_the_id_only_ranker():
+    """The fusion's content maps start at zero: same seed, same logits as id-only."""
+    import numpy as np
+
+    from benchmarks.bench_trainer import filled_cache
+
+    idp, _ = _model("idproxy")
+    ido, builder_o = _model("id-only")
+    rng = np.random.default_rng(0)
+    ids = [str(k) for k in range(1, 11)]
+    z_groups = rng.standard_normal((10, 3, 6)).astype(np.float32)
+    p_coarse = rng.standard_normal((10, 8)).astype(np.float32)
+    builder = BatchBuilder(idp, filled_cache(ids, z_groups.mean(1), z_groups, p_coarse))
+    data = samples(16, 5, 10)
+    batch = _batch(builder, data)
+    assert batch.has_proxy.any()
+    assert torch.allclose(idp(batch), ido(_batch(builder_o, data)))
 
 
 def test_idproxy_slot_gets_gradient_into_the_fine_head():

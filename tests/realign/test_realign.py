@@ -45,3 +45,28 @@ def test_tau_filter_applies_to_realignment_targets():
         z, z @ m, counts, CoarseHead(D, DIM, 16), Stage1Config(epochs=1), min_updates=5
     )
     assert out.n_targets == 40
+
+
+def test_continuity_rotates_a_new_version_onto_the_old_basis():
+    """A candidate that is the current head rotated by Q is rotated back (R = Qᵀ): every
+    p_coarse returns to its old value, and the candidate's mutual cosines are unchanged."""
+    from proxy_model.heads import CoarseHead
+    from trainer.realign import keep_continuity
+
+    torch.manual_seed(0)
+    current = CoarseHead(12, 6, 16)
+    q, _ = torch.linalg.qr(torch.randn(6, 6))
+    candidate = CoarseHead(12, 6, 16)
+    candidate.load_state_dict(current.state_dict())
+    with torch.no_grad():
+        candidate.mlp[-1].weight.copy_(q.T @ current.mlp[-1].weight)
+        candidate.mlp[-1].bias.copy_(current.mlp[-1].bias @ q)
+    z = torch.randn(50, 12)
+    with torch.no_grad():
+        before = candidate(z)
+        assert not torch.allclose(before, current(z), atol=1e-3)
+        rotation = keep_continuity(candidate, current, z)
+        after = candidate(z)
+    assert torch.allclose(rotation, q.T, atol=1e-4)
+    assert torch.allclose(after, current(z), atol=1e-4)
+    assert torch.allclose(after @ after.T, before @ before.T, atol=1e-4)

@@ -96,3 +96,28 @@ def test_movielens_replay_parts_split_the_launch_catalogue_from_the_stream():
     # together they are exactly the whole replay
     key = lambda ev: (ev[0], ev[2].model_dump_json())  # noqa: E731
     assert sorted(map(key, catalogue + stream)) == sorted(map(key, whole))
+
+
+def test_movielens_history_period_goes_before_go_live():
+    """catalogue + history + stream is the whole replay; the history is the first H clicks
+    and every item rated in it is in the catalogue (uploaded by go-live)."""
+    from streams.publish import movielens_events
+
+    lead, history = 1 * 86400.0, 1000
+    whole = list(movielens_events(3000, lead))
+    parts = {
+        p: list(movielens_events(3000, lead, p, history))
+        for p in ("catalogue", "history", "stream")
+    }
+    clicks = [e for kind, _, e, _ in whole if kind == "clicks"]
+    assert [e for _, _, e, _ in parts["history"]] == clicks[:history]
+    stream_clicks = [e for kind, _, e, _ in parts["stream"] if kind == "clicks"]
+    assert stream_clicks == clicks[history:]
+    catalogue_ids = {e.item_id for _, _, e, _ in parts["catalogue"]}
+    assert {e.item_id for e in clicks[:history]} <= catalogue_ids
+    go_live = clicks[history].ts
+    assert all(ts <= go_live for *_, ts in parts["catalogue"])
+    assert all(ts > go_live for kind, _, _, ts in parts["stream"] if kind == "items")
+    key = lambda ev: (ev[0], ev[2].model_dump_json())  # noqa: E731
+    together = parts["catalogue"] + parts["history"] + parts["stream"]
+    assert sorted(map(key, together)) == sorted(map(key, whole))
