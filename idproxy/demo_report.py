@@ -53,7 +53,7 @@ def live_predictions(path: Path, live_from: float) -> dict[str, np.ndarray]:
     s): the live part, without the history period the bootstrap trained on."""
     with np.load(path, allow_pickle=False) as data:
         live = data["ts"] >= live_from
-        return {k: data[k][live] for k in ("score", "label", "is_new")}
+        return {k: data[k][live] for k in ("score", "label", "is_new", "ts")}
 
 
 def write_report(
@@ -88,7 +88,7 @@ def write_report(
     catalogue = set(plan.catalogue)
     fresh = [s for item, s in by_item.items() if item not in catalogue]  # uploaded live
     backfill = [s for item, s in by_item.items() if item in catalogue]
-    versions, active, servable = _store_versions(plan)
+    versions, active, servable, switches = _store_versions(plan)
     summary = {
         "broker_rung": broker_rung,
         "seconds": round(seconds, 1),
@@ -107,6 +107,10 @@ def write_report(
         "versions_published": versions,
     }
     summary["history_ratings"] = plan.history
+    summary["coarse_switches"] = around_switches(
+        {v: live_predictions(r / f"trainer-{v}" / "predictions.npz", live_from) for v in aucs},
+        [t for t in switches if t >= live_from],
+    )
     for v, s in trainers.items():
         key = v.replace("-", "_")
         summary[f"samples_{key}"] = s.get("samples")
@@ -129,19 +133,50 @@ def _read_json(path: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def _store_versions(plan) -> tuple[list[str], str | None, int]:
-    """(published versions, the active one, its item count) from the run's store."""
+def _store_versions(plan) -> tuple[list[str], str | None, int, list[float]]:
+    """(published versions, the active one, its item count, publish times of the coarse
+    versions, i.e. the re-alignments) from the run's store."""
     from store.proxy_store import ProxyStore
 
     path = plan.run_dir / "store"
     if not path.exists():
-        return [], None, 0
+        return [], None, 0, []
     with ProxyStore(str(path), dim=plan.id_dim, read_only=True) as store:
         infos = store.versions()
         active = store.active_version()
         published = [v.version for v in infos if v.published_at is not None]
         count = next((v.item_count for v in infos if v.version == active), 0)
-    return published, active, count
+        coarse = sorted(
+            v.published_at
+            for v in infos
+            if v.published_at is not None and v.version.startswith("proxy-")
+        )
+    return published, active, count, coarse
+
+
+def around_switches(
+    preds: dict[str, dict[str, np.ndarray]], times: list[float], window_s: float = 60.0
+) -> list[dict]:
+    """The paired AUC difference (idproxy − id-only, all samples) in the ``window_s``
+    seconds before and after each coarse-version switch at ``times`` (wall-clock s).
+
+    ``preds``: variant -> live predictions with ``ts``. Both trainers score the same
+    samples, so each window compares the two on the same events.
+    """
+    if set(preds) != set(VARIANTS):
+        return []
+    out = []
+    for t in times:
+        row: dict = {"t": round(t, 1)}
+        for name, lo, hi in (("before", t - window_s, t), ("after", t, t + window_s)):
+            aucs = []
+            for v in VARIANTS:
+                p = preds[v]
+                sel = (p["ts"] >= lo) & (p["ts"] < hi)
+                aucs.append(exact_auc(p["score"][sel], p["label"][sel]))
+            row[f"delta_{name}"] = _rounded(aucs[0] - aucs[1])
+        out.append(row)
+    return out
 
 
 def _print_table(s: dict) -> None:
