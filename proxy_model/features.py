@@ -108,6 +108,9 @@ def masked_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (hidden * m).sum(1) / m.sum(1).clamp_min(1.0)
 
 
+POOLING_REVISION = "no-first-token"  # part of the feature version: pooling changes features
+
+
 class ContentFeaturizer(nn.Module):
     """M + g + layer groups: items -> token states -> ItemFeatures.
 
@@ -143,7 +146,15 @@ class ContentFeaturizer(nn.Module):
         return out.hidden[-1], groups.transpose(0, 1), out.mask
 
     def pool(self, last: torch.Tensor, groups: torch.Tensor, mask: torch.Tensor) -> ItemFeatures:
-        """Token states -> ItemFeatures; g runs once per group (shared weights)."""
+        """Token states -> ItemFeatures; g runs once per group (shared weights).
+
+        The first token ([BOS], at position 0 in every right-padded prompt) is left out of
+        every pooling: a causal LM gives it the same states for every item, with its huge
+        attention-sink activations, so in a mean it adds a large constant divided by the
+        item's length (a length feature that swamps the content). The paper is silent.
+        """
+        mask = mask.clone()
+        mask[:, 0] = 0
         b, n_groups, t, d = groups.shape
         group_mask = mask.repeat_interleave(n_groups, dim=0)
         z_groups = self.pooling(groups.reshape(b * n_groups, t, d), group_mask)
@@ -162,6 +173,7 @@ class ContentFeaturizer(nn.Module):
         name = self.encoder.name if self.encoder else "cached-token-states"
         projector = self.encoder.projector if self.encoder else None
         h = hashlib.sha256(name.encode())
+        h.update(POOLING_REVISION.encode())
         h.update(json.dumps(self.layer_groups).encode())
         for module in (self.pooling, projector):
             if module is not None:
