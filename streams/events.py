@@ -25,7 +25,7 @@ import json
 import math
 import struct
 import time
-from typing import Literal, TypeVar
+from typing import Annotated, Literal, TypeVar
 
 import numpy as np
 from pydantic import Base64Bytes, BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -66,14 +66,33 @@ class ItemUploaded(_Event):
         return f"{self.title}. {self.text}".strip() if self.text else self.title
 
 
+# A click's context value: what its TrainingSample can carry to the trainer (a NaN was
+# written as null and a 30-digit integer passed, then the trainer rejected the *sample*,
+# far from the click's own bytes). Integers beyond int64 are kept as floats.
+ContextValue = (
+    str
+    | Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
+    | Annotated[float, Field(allow_inf_nan=False)]
+)
+MAX_CLICK_BYTES = 64 << 10  # a click's JSON; its re-keyed copy must fit the broker's limit
+
+
 class Click(_Event):
-    """A user's response to an item: label 1 = click, 0 = shown but not clicked."""
+    """A user's response to an item: label 1 = click, 0 = shown but not clicked.
+
+    Context values are strings, int64 integers or finite floats:
+
+    >>> parse_json(b'{"user_id":"u","item_id":"i","label":1,"ts":5,"context":{"a":NaN}}', Click)
+    Traceback (most recent call last):
+    ...
+    streams.events.EventError: invalid Click: context.a.str: Input should be a valid string
+    """
 
     user_id: str = Field(min_length=1, max_length=256)
     item_id: ItemId = Field(min_length=1, max_length=256)
     label: Literal[0, 1]
     ts: float
-    context: dict[str, str | int | float] = Field(default_factory=dict)
+    context: dict[str, ContextValue] = Field(default_factory=dict)
 
     _check_time = field_validator("ts")(_finite)
 
@@ -181,7 +200,9 @@ def decode_frame(raw: bytes, model: type[ModelT]) -> tuple[ModelT, dict[str, np.
                 raise EventError(f"frame truncated in array {name!r}")
             arrays[name] = np.frombuffer(raw[offset : offset + size], dtype="<f4").reshape(shape)
             offset += size
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, RecursionError) as exc:
+        # RecursionError: a header nested past json's recursion limit (it escaped as a
+        # crash into consumers that expect EventError, e.g. the trainer's item cache)
         raise EventError(f"malformed frame: {exc}") from exc
     if offset != len(raw):
         raise EventError(f"frame has {len(raw) - offset} trailing bytes")

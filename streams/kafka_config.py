@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from idproxy.settings import Settings
 from streams.broker import Broker
+from streams.dlq import DLQ_MAX_BYTES
 
 
 def common_config(settings: Settings, broker: Broker) -> dict:
@@ -36,6 +37,8 @@ def producer_config(settings: Settings, broker: Broker) -> dict:
         "linger_ms": 5,
         "compression_type": compression,
         "max_in_flight_requests_per_connection": 1,  # keeps per-key order across retries
+        # dead letters of records near the broker's limit are larger than it (base64)
+        "max_request_size": DLQ_MAX_BYTES,
     }
 
 

@@ -29,7 +29,6 @@ click still counts towards the item's τ counter.
 from __future__ import annotations
 
 import argparse
-import base64
 import json
 import logging
 from pathlib import Path
@@ -125,10 +124,10 @@ def build_app(settings: Settings, broker, datadir: Path):
     """The faust app with its topics, tables and agents (not started)."""
     import faust
 
-    from streams.dlq import failure_reason, is_infrastructure_error
+    from streams.dlq import DLQ_MAX_BYTES, failure_reason, is_infrastructure_error, letter_record
     from streams.events import (
+        MAX_CLICK_BYTES,
         Click,
-        DeadLetter,
         EventError,
         ItemUploaded,
         TrainingSample,
@@ -155,6 +154,7 @@ def build_app(settings: Settings, broker, datadir: Path):
         web_host="127.0.0.1",
         consumer_auto_offset_reset="earliest",
         producer_max_batch_size=quirks.get("faust_producer_max_batch_size", 16384),
+        producer_max_request_size=DLQ_MAX_BYTES,  # dead letters of records at the broker's limit
         broker_session_timeout=quirks.get("session_timeout_ms", 60000) / 1000,
         broker_heartbeat_interval=quirks.get("heartbeat_interval_ms", 3000) / 1000,
         table_cleanup_interval=3600,
@@ -176,20 +176,16 @@ def build_app(settings: Settings, broker, datadir: Path):
     gaps = OffsetGapFiller(kafka_range_reader(consumer_config(settings, broker, None)))
 
     async def dead_letter(record: RawRecord, reason: str) -> None:
-        letter = DeadLetter(
-            source_topic=record.topic,
-            partition=record.partition,
-            offset=record.offset,
-            key_b64=base64.b64encode(record.key) if record.key else None,
-            value_b64=base64.b64encode(record.value or b""),
-            reason=reason[:2000],
-            component="processor",
-        )
-        await dlq.send(key=record.key, value=to_json(letter))
+        key, letter = letter_record(record, reason, "processor")
+        await dlq.send(key=key, value=letter)
 
     async def add_history(record: RawRecord) -> None:
         """Click -> history before it (no leakage) -> clicks-by-item; appends a click."""
         try:
+            if record.value is not None and len(record.value) > MAX_CLICK_BYTES:
+                raise EventError(
+                    f"click of {len(record.value)} bytes is over the limit of {MAX_CLICK_BYTES}"
+                )
             click = parse_json(record.value, Click)
         except EventError as exc:
             await dead_letter(record, str(exc))

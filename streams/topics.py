@@ -9,7 +9,8 @@
 | item-features (compacted) | item id | ItemFeaturesRecord (binary frame) |
 | proxies (compacted) | "<version>/<item id>" | ProxyRecordEvent (binary frame) |
 | control (compacted) | version | VersionCommit |
-| dlq | source key | DeadLetter |
+| dlq | source key | DeadLetter (``max.message.bytes`` = ``DLQ_MAX_BYTES``: a letter holds
+  a record of the broker's limit in base64) |
 
 Proxies are keyed by (version, item) so that compaction keeps every retained version's
 values and a replica can rebuild each of them from zero.
@@ -23,6 +24,7 @@ import time
 from dataclasses import dataclass, field
 
 from idproxy.settings import Settings
+from streams.dlq import DLQ_MAX_BYTES
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +79,7 @@ class Topics:
             TopicSpec(self.item_features, partitions, COMPACTED),
             TopicSpec(self.proxies, partitions, COMPACTED),
             TopicSpec(self.control, 1, COMPACTED),
-            TopicSpec(self.dlq, 1),
+            TopicSpec(self.dlq, 1, {"max.message.bytes": str(DLQ_MAX_BYTES)}),
             *(TopicSpec(self.changelog(t), partitions, COMPACTED) for t in PROCESSOR_TABLES),
         ]
 
