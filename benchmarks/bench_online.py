@@ -214,11 +214,14 @@ def replay_model(
     """
     from benchmarks.bench_trainer import model_and_optimizer
     from trainer.item_cache import ItemCache
-    from trainer.online import TrainerCore
+    from trainer.online import TrainerCore, fit_fine_normaliser
 
     t = settings.trainer
     seeded = settings.model_copy(update={"trainer": t.model_copy(update={"online_seed": seed})})
     model, optimizer = model_and_optimizer(seeded, variant, hidden)
+    if cache is not None:  # label-free: the content of the items known at go-live
+        known = {json.loads(r.value)["item_id"] for r in records[: live_from or len(records)]}
+        fit_fine_normaliser(model, cache, sorted(known))
     core = TrainerCore(seeded, model, optimizer, cache if cache is not None else ItemCache())
     for start in range(0, len(records), t.online_batch_size):
         if live_adaptor_lr_scale is not None and variant == "idproxy" and start >= live_from:

@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from proxy_model.normaliser import FeatureNormaliser
+
 
 def mlp(d_in: int, d_hidden: int, d_out: int) -> nn.Sequential:
     """Two-layer MLP with GELU; the shape every head here uses."""
@@ -19,14 +21,19 @@ def mlp(d_in: int, d_hidden: int, d_out: int) -> nn.Sequential:
 
 
 class CoarseHead(nn.Module):
-    """φ: z [B, D] -> h̃ = φ(z)/||φ(z)||₂ [B, d] (paper §3.1.2); h̃ is p_coarse."""
+    """φ: z [B, D] -> h̃ = φ(n(z))/||φ(n(z))||₂ [B, d] (paper §3.1.2); h̃ is p_coarse.
+
+    n is the label-free feature normaliser (``proxy_model.normaliser``), fitted on the
+    items' z before Stage 1 (the identity until then).
+    """
 
     def __init__(self, hidden_size: int, id_dim: int, mlp_hidden: int) -> None:
         super().__init__()
+        self.normaliser = FeatureNormaliser((hidden_size,))
         self.mlp = mlp(hidden_size, mlp_hidden, id_dim)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.mlp(z), dim=-1)
+        return F.normalize(self.mlp(self.normaliser(z)), dim=-1)
 
 
 class ResidualGate(nn.Module):
@@ -62,15 +69,18 @@ def signed_log(x: torch.Tensor) -> torch.Tensor:
 
 
 class FineHead(nn.Module):
-    """Stage 2: φ̃(Concat(z_groups)) then the residual gate. [B,d] + [B,G,D] -> [B,d].
+    """Stage 2: φ̃(Concat(n(z_groups))) then the residual gate. [B,d] + [B,G,D] -> [B,d].
+
+    n is the label-free feature normaliser (per group and dimension), fitted on the items'
+    z_groups before Stage-2 training (the identity until then); ``input_transform`` is
+    applied after it.
 
     ``input_transform``: the paper is silent on feature scale. Raw hidden states of a real
     LM carry a few huge dimensions that blow up the adaptor's output and, in the ID slot,
-    attention and cross (measured: the online IDProxy ranker stuck at prequential AUC
-    ≈ 0.52 while ID-only reached 0.70). The offline Table-1 path standardises features per
-    dimension over the item set beforehand (``none`` here); the online trainer, which has
-    no fixed item set, uses ``signed_log``. It is saved in bundle manifests
-    (``fine_input``) so workers apply the same function.
+    attention and cross. ``signed_log`` (sign·log1p|x|) compresses what the normaliser
+    leaves beyond a few standard deviations, and tames raw states when the normaliser was
+    never fitted. It is saved in bundle manifests (``fine_input``) so workers apply the
+    same function.
     """
 
     def __init__(
@@ -82,11 +92,13 @@ class FineHead(nn.Module):
         input_transform: FineInput = "none",
     ):
         super().__init__()
+        self.normaliser = FeatureNormaliser((n_groups, hidden_size))
         self.adaptor = mlp(n_groups * hidden_size, mlp_hidden, id_dim)
         self.gate = ResidualGate(id_dim)
         self.input_transform: FineInput = input_transform
 
     def forward(self, p_coarse: torch.Tensor, z_groups: torch.Tensor) -> torch.Tensor:
+        z_groups = self.normaliser(z_groups)
         if self.input_transform == "signed_log":
             z_groups = signed_log(z_groups)
         p_raw_fine = self.adaptor(z_groups.flatten(start_dim=1))

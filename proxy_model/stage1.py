@@ -151,8 +151,14 @@ def fit_coarse_head(
     config: Stage1Config,
     progress: bool = True,
 ) -> Stage1History:
-    """Refits φ alone on cached features z [K, D] (g and M fixed: re-alignment)."""
+    """Refits φ alone on cached features z [K, D] (g and M fixed: re-alignment).
+
+    A head whose feature normaliser was never fitted gets it fitted on these z first
+    (label-free; frozen from then on, so later refits keep the same input scale).
+    """
     z = z.to(next(head.parameters()).device)
+    if not bool(head.normaliser.fitted):
+        head.normaliser.fit(z)
     return _pal_loop(head, targets, config, lambda batch: z[batch], [], progress)
 
 

@@ -25,6 +25,7 @@ MODULES = [
     "idproxy.prometheus",
     "trainer.fusion",
     "trainer.optim",
+    "proxy_model.normaliser",
 ]
 
 

@@ -52,14 +52,31 @@ class ItemCache:
     id_dim: int | None = None
 
     def put_features(self, item_id: str, header, arrays: dict[str, np.ndarray]) -> None:
+        """Caches z [D], z_groups [G, D]; raises ValueError (nothing cached) for missing,
+        non-finite or mis-shaped arrays: the first record fixes (D, G)."""
+        z, z_groups = _array(arrays, "z", 1), _array(arrays, "z_groups", 2)
+        g, d = z_groups.shape
+        if z.shape != (d,) or (self.dims is not None and self.dims != (d, g)):
+            want = self.dims or (d, g)
+            raise ValueError(
+                f"features of shape z {z.shape}, z_groups {z_groups.shape}; this cache holds "
+                f"z ({want[0]},), z_groups ({want[1]}, {want[0]})"
+            )
         c = self.items.setdefault(item_id, ItemContent())
-        c.z, c.z_groups = arrays["z"], arrays["z_groups"]
+        c.z, c.z_groups = z, z_groups
         c.encoder_version, c.uploaded_at = header.encoder_version, header.uploaded_at
-        g, d = c.z_groups.shape
         self.dims = (d, g)
         self.changes.append(item_id)
 
     def put_proxy(self, item_id: str, header, arrays: dict[str, np.ndarray]) -> None:
+        """Caches p_coarse [d]; raises ValueError (nothing cached) when it is missing,
+        non-finite or not of the cache's ``id_dim``."""
+        p_coarse = _array(arrays, "p_coarse", 1)
+        if self.id_dim is not None and p_coarse.shape != (self.id_dim,):
+            raise ValueError(
+                f"p_coarse of shape {p_coarse.shape}; this cache holds ({self.id_dim},)"
+            )
+        arrays = {**arrays, "p_coarse": p_coarse}
         c = self.items.setdefault(item_id, ItemContent())
         if header.proxy_version.startswith(REPROXY_PREFIX) and c.p_coarse is not None:
             return
@@ -89,17 +106,37 @@ class ItemCache:
         return torch.from_numpy(pc), torch.from_numpy(zg), torch.from_numpy(has)
 
 
-class ContentReader:
-    """Group-less consumer of item-features + proxies feeding an :class:`ItemCache`."""
+def _array(arrays: dict[str, np.ndarray], name: str, ndim: int) -> np.ndarray:
+    """arrays[name] as float32 with ``ndim`` dimensions and finite values, else ValueError."""
+    if name not in arrays:
+        raise ValueError(f"no {name!r} array (has {sorted(arrays)})")
+    a = np.asarray(arrays[name], dtype=np.float32)
+    if a.ndim != ndim or 0 in a.shape:
+        raise ValueError(f"{name} of shape {a.shape}, want {ndim} non-empty dimension(s)")
+    if not np.isfinite(a).all():
+        raise ValueError(f"{name} has non-finite values")
+    return a
 
-    def __init__(self, settings, broker, topics, cache: ItemCache) -> None:
+
+class ContentReader:
+    """Group-less consumer of item-features + proxies feeding an :class:`ItemCache`.
+
+    A record the cache cannot use (undecodable, a missing array, NaN, other shapes) is
+    skipped and, given a ``dlq`` (``streams.dlq.DeadLetterSink``), dead-lettered with its
+    reason; the reader reads from the beginning on every start, so a restarted trainer
+    sends the same letters again (counted once by their source offset).
+    """
+
+    def __init__(self, settings, broker, topics, cache: ItemCache, dlq=None) -> None:
         from kafka import KafkaConsumer, TopicPartition
 
         from streams.kafka_config import consumer_config
         from streams.topics import partitions_for
 
         self.cache = cache
+        self.cache.id_dim = self.cache.id_dim or settings.model.id_dim
         self.topics = topics
+        self.dlq = dlq
         self.outage_backoff_s = settings.kafka.outage_backoff_s
         self.consumer = KafkaConsumer(**consumer_config(settings, broker, None))
         parts = []
@@ -110,7 +147,8 @@ class ContentReader:
         self.errors = 0
 
     def _handle(self, records) -> int:
-        from streams.events import EventError, ItemFeaturesRecord, ProxyRecordEvent, decode_frame
+        from streams.dlq import failure_reason, is_infrastructure_error
+        from streams.events import ItemFeaturesRecord, ProxyRecordEvent, decode_frame
 
         for m in records:
             try:
@@ -120,11 +158,21 @@ class ContentReader:
                 else:
                     header, arrays = decode_frame(m.value, ProxyRecordEvent)
                     self.cache.put_proxy(header.item_id, header, arrays)
-            except EventError as exc:  # the producers dead-letter; here we only count
+            except Exception as exc:  # one record's failure: skip it, dead-letter it
+                if is_infrastructure_error(exc):
+                    raise
                 self.errors += 1
-                log.warning(
-                    "unreadable content record %s/%d@%d: %s", m.topic, m.partition, m.offset, exc
-                )
+                reason = failure_reason(exc)
+                if self.dlq is not None:
+                    self.dlq.send(m, reason)
+                else:
+                    log.warning(
+                        "unusable content record %s/%d@%d: %s",
+                        m.topic,
+                        m.partition,
+                        m.offset,
+                        reason,
+                    )
         return len(records)
 
     def poll(self, timeout_ms: int = 0) -> int:

@@ -150,6 +150,23 @@ def attach_optimizer(
     return optimizer
 
 
+@torch.no_grad()
+def fit_fine_normaliser(
+    model: OnlineRanker, cache: ItemCache, items: Sequence[str] | None = None
+) -> int:
+    """Fits the fine head's feature normaliser on the cached z_groups of ``items`` (default:
+    every item with features), unless it is fitted already (a bundle's or a checkpoint's);
+    returns the number of items it was fitted on (0 = left as it was)."""
+    if model.variant != "idproxy" or bool(model.fine_head.normaliser.fitted):
+        return 0
+    ids = [i for i in (items if items is not None else cache.items) if cache.ready(i)]
+    if len(ids) < 2:
+        return 0
+    _, z_groups, _ = cache.gather(ids, model.shape.dim)
+    model.fine_head.normaliser.fit(z_groups)
+    return len(ids)
+
+
 def decoder_state(
     settings: Settings, model: OnlineRanker, recent_ids: Sequence[str] = ()
 ) -> DecoderState:
@@ -286,7 +303,7 @@ class OnlineTrainer(TrainerCore):
         self.producer = KafkaProducer(**producer_config(settings, broker))
         self.dlq = DeadLetterSink(self.producer, self.topics.dlq, component="trainer")
         self.cache = ItemCache()
-        self.reader = ContentReader(settings, broker, self.topics, self.cache)
+        self.reader = ContentReader(settings, broker, self.topics, self.cache, self.dlq)
         self.consumer = KafkaConsumer(**consumer_config(settings, broker, group))
         self.partitions = [
             TopicPartition(self.topics.samples, p)
@@ -343,6 +360,9 @@ class OnlineTrainer(TrainerCore):
             model = self._new_model(shape)
             if fine is not None:
                 model.fine_head.load_state_dict(fine)
+            fitted = fit_fine_normaliser(model, self.cache)
+            if fitted:
+                log.info("fine-head feature normaliser fitted on %d items", fitted)
             TrainerCore.__init__(
                 self,
                 self.settings,
