@@ -391,17 +391,6 @@ def _coarse_verdict(dim: int):
     return verdict
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "trainer/item_cache.py: ContentReader._handle catches only EventError and sends no "
-        "dead letter (it counts); a decodable frame the cache cannot use stops the trainer "
-        "(no 'z'/'z_groups'/'p_coarse' array -> KeyError in put_features/put_proxy; a 1-D "
-        "z_groups -> ValueError at `g, d = c.z_groups.shape`), at start-up in catch_up(); "
-        "frames with NaN/Inf vectors, a 2-D or other-width p_coarse or other-dims features "
-        "are cached as they are (cache.dims / cache.id_dim follow the last record)"
-    ),
-)
 def test_hostile_item_features_and_proxies_trainer_item_cache(
     kafka_settings, kafka_broker, tmp_path
 ):
