@@ -58,6 +58,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "and the broker (Apache Kafka rung) in turn during the replay",
     )
     parser.add_argument(
+        "--fault-rounds",
+        type=int,
+        default=None,
+        metavar="N",
+        help="repeated-fault drill: SIGKILL and restart each of them N times, at seeded random "
+        "moments of the replay (--kill-each is N = 1)",
+    )
+    parser.add_argument(
+        "--pause-consumer",
+        action="store_true",
+        help="fault drill: also SIGSTOP the proxy worker past its group session timeout, then "
+        "SIGCONT it",
+    )
+    parser.add_argument("--fault-seed", type=int, default=0, help="seed of the fault moments")
+    parser.add_argument(
         "--bad-share",
         type=float,
         default=0.0,
@@ -82,7 +97,10 @@ class Plan:
     catalogue: tuple[str, ...]  # items of the launch catalogue (uploaded by go-live)
     history: int  # ratings of the history period (bootstrapped on, not scored)
     catalogue_timeout_s: float
-    kill_each: bool
+    kill_each: bool  # the broker is the demo's own Apache Kafka node (it can be killed)
+    fault_rounds: int  # kills of each component (0 = no drill)
+    pause_consumer: bool
+    fault_seed: int
     bad_share: float
     tiny: bool
     id_dim: int
@@ -119,7 +137,10 @@ def make_plan(args: argparse.Namespace, settings: Settings) -> Plan:
         catalogue=catalogue,
         history=history,
         catalogue_timeout_s=d.quick_catalogue_timeout_s if args.quick else d.catalogue_timeout_s,
-        kill_each=args.kill_each,
+        kill_each=args.kill_each or bool(args.fault_rounds),
+        fault_rounds=args.fault_rounds or (1 if args.kill_each else 0),
+        pause_consumer=args.pause_consumer,
+        fault_seed=args.fault_seed,
         bad_share=args.bad_share,
         tiny=args.tiny,
         id_dim=8 if args.tiny else settings.model.id_dim,  # the tiny service's d is 8
@@ -377,23 +398,20 @@ def _replay(
             str(plan.bad_share),
         ],
     )
-    victims = FAULT_ORDER if plan.kill_each else ()
-    kill_at = [
-        time.time() + plan.replay_s * (k + 1) / (len(victims) + 1) for k in range(len(victims))
-    ]
+    victims, kill_at = _fault_schedule(plan, time.time())
     publisher = sup.children["publisher"]
     last_progress = 0.0
     while publisher.proc.poll() is None:
         time.sleep(1)
         if victims and time.time() >= kill_at[0]:
-            _kill_and_restart(sup, victims[0], broker, settings)
+            _inject(sup, victims[0], broker, settings)
             victims, kill_at = victims[1:], kill_at[1:]
         sup.check_alive([n for n in sup.children if n != "publisher"])
         if time.time() - last_progress >= settings.demo.progress_every_s:
             _progress(plan, port, "replay")
             last_progress = time.time()
     for victim in victims:  # the replay was faster than planned: finish the drill
-        _kill_and_restart(sup, victim, broker, settings)
+        _inject(sup, victim, broker, settings)
     if publisher.proc.returncode != 0:
         raise ChildFailed(f"publisher exited ({publisher.proc.returncode}):\n{publisher.tail()}")
     sup.stop("publisher")  # done: no longer watched
@@ -434,6 +452,39 @@ READY = {
     "trainer-idproxy": "trainer ready",
     "materializer": "materializer ready",
 }
+
+
+PAUSE = "pause:worker-0"  # SIGSTOP the worker past its group session, then SIGCONT
+PAUSE_S = 16.0  # kafka-python's default session timeout is 10 s
+
+
+def _fault_schedule(plan: Plan, start: float) -> tuple[list[str], list[float]]:
+    """(faults, wall-clock times): each of FAULT_ORDER ``fault_rounds`` times (and the
+    pause), shuffled and placed at seeded random moments of the replay, in time order.
+
+    >>> from types import SimpleNamespace
+    >>> plan = SimpleNamespace(fault_rounds=3, pause_consumer=True, fault_seed=0, replay_s=100)
+    >>> faults, times = _fault_schedule(plan, 0.0)
+    >>> len(faults), faults.count("broker"), faults.count(PAUSE), times == sorted(times)
+    (16, 3, 1, True)
+    """
+    import random
+
+    rng = random.Random(plan.fault_seed)
+    faults = [name for name in FAULT_ORDER for _ in range(plan.fault_rounds)]
+    faults += [PAUSE] if plan.pause_consumer else []
+    rng.shuffle(faults)
+    times = sorted(start + plan.replay_s * rng.uniform(0.05, 0.95) for _ in faults)
+    return faults, times
+
+
+def _inject(sup, name: str, broker: DemoBroker, settings: Settings) -> None:
+    if name == PAUSE:
+        print(f"demo: fault drill: SIGSTOP worker-0 for {PAUSE_S:.0f} s, then SIGCONT", flush=True)
+        sup.pause("worker-0", PAUSE_S)
+        sup.restarts[PAUSE] = sup.restarts.get(PAUSE, 0) + 1
+        return
+    _kill_and_restart(sup, name, broker, settings)
 
 
 def _kill_and_restart(sup, name: str, broker: DemoBroker, settings: Settings) -> None:

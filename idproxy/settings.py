@@ -63,6 +63,9 @@ class Stage1Settings(BaseModel):
     weight_decay: float = 0.01
     batch_size: int = 512
     epochs: int = 80
+    holdout_fraction: float = Field(
+        0.2, ge=0, lt=1, description="Targets held out to keep φ's best epoch (0 = last epoch)"
+    )
     tau_c: float = Field(0.07, description="PAL temperature")
     min_updates: int = Field(5, description="tau: keep ID embeddings updated at least this often")
     folds: int = Field(5, description="cross-validation folds of the held-out evaluation")

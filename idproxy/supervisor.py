@@ -126,6 +126,16 @@ class Supervisor:
         _signal_group(child.proc, signal.SIGKILL)
         child.proc.wait(timeout=30)
 
+    def pause(self, name: str, seconds: float) -> None:
+        """SIGSTOP the child's process group for ``seconds``, then SIGCONT (a stalled
+        process: no heartbeats, no progress, but no exit either)."""
+        child = self.children[name]
+        _signal_group(child.proc, signal.SIGSTOP)
+        try:
+            time.sleep(seconds)
+        finally:
+            _signal_group(child.proc, signal.SIGCONT)
+
     def restart(self, name: str) -> Child:
         """Starts ``name`` again with the command line it had (logs are appended)."""
         self.restarts[name] = self.restarts.get(name, 0) + 1

@@ -41,13 +41,17 @@ class Stage1Config:
     encoder_train_mode: str = "frozen"
     lora_rank: int = 8
     seed: int = 0
+    holdout_fraction: float = 0.2
 
 
 @dataclass
 class Stage1History:
-    """Mean PAL loss per epoch."""
+    """Mean PAL loss per epoch (training items), the held-out PAL loss per epoch and the
+    epoch whose weights were kept (the one with the lowest held-out loss)."""
 
     losses: list[float] = field(default_factory=list)
+    holdout_losses: list[float] = field(default_factory=list)
+    best_epoch: int | None = None
 
 
 def _enable_encoder_training(featurizer: ContentFeaturizer, mode: str, rank: int) -> None:
@@ -73,21 +77,32 @@ def _pal_loop(
     params: list[torch.nn.Parameter],
     progress: bool,
 ) -> Stage1History:
-    """The shared loop: ``z_of(batch_rows) -> z [b, D]``; AdamW on ``params`` + φ."""
+    """The shared loop: ``z_of(batch_rows) -> z [b, D]``; AdamW on ``params`` + φ.
+
+    **Early stopping** (the paper is silent; ``holdout_fraction`` > 0 and ≥ 20 targets): a
+    seeded share of the targets is held out, the PAL loss of those items against each other
+    is computed after every epoch, and the weights of the epoch with the lowest held-out
+    loss are kept. On standardised features φ can memorise a thousand training rows
+    (in-sample recall@10 of 0.75 on MovieLens) while its proxies of unseen items get worse;
+    new items are exactly the unseen ones, so the held-out loss is what to select on.
+    """
     optimiser = torch.optim.AdamW(
         params + list(head.parameters()), lr=config.lr, weight_decay=config.weight_decay
     )
     generator = torch.Generator().manual_seed(config.seed)
     device = next(head.parameters()).device
     targets = targets.to(device)
-    n = len(targets)
+    rows = torch.randperm(len(targets), generator=generator)
+    n_hold = int(len(targets) * config.holdout_fraction) if len(targets) >= 20 else 0
+    hold, train = rows[:n_hold], rows[n_hold:]
     history = Stage1History()
+    best: tuple[float, list[torch.Tensor]] | None = None
     head.train()
     bar = tqdm(range(config.epochs), desc="stage 1", unit="epoch", disable=not progress)
-    for _ in bar:
-        order = torch.randperm(n, generator=generator)
+    for epoch in bar:
+        order = train[torch.randperm(len(train), generator=generator)]
         total = 0.0
-        for start in range(0, n, config.batch_size):
+        for start in range(0, len(order), config.batch_size):
             batch = order[start : start + config.batch_size]
             if len(batch) < 2:
                 continue  # a contrastive loss needs at least one negative
@@ -96,10 +111,31 @@ def _pal_loop(
             loss.backward()
             optimiser.step()
             total += loss.item() * len(batch)
-        history.losses.append(total / n)
+        history.losses.append(total / max(len(train), 1))
+        if n_hold >= 2:
+            head.eval()
+            with torch.no_grad():
+                held = pal_loss(head(z_of(hold)), targets[hold], hold.to(device), config.tau_c)
+            head.train()
+            history.holdout_losses.append(float(held))
+            if best is None or float(held) < best[0]:
+                best = (float(held), _snapshot(head, params))
+                history.best_epoch = epoch
         bar.set_postfix(loss=f"{history.losses[-1]:.4f}")
+    if best is not None:
+        _restore(head, params, best[1])
     head.eval()
     return history
+
+
+def _snapshot(head: CoarseHead, params: list[torch.nn.Parameter]) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in [*head.parameters(), *params]]
+
+
+def _restore(head: CoarseHead, params: list[torch.nn.Parameter], saved: list[torch.Tensor]) -> None:
+    with torch.no_grad():
+        for p, value in zip([*head.parameters(), *params], saved, strict=True):
+            p.copy_(value)
 
 
 def fit_stage1(

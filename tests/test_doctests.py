@@ -26,6 +26,7 @@ MODULES = [
     "trainer.fusion",
     "trainer.optim",
     "proxy_model.normaliser",
+    "idproxy.demo",
 ]
 
 

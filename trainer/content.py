@@ -59,6 +59,7 @@ def stage1_config(settings: Settings, seed: int = 0) -> Stage1Config:
         encoder_train_mode=settings.model.encoder_train_mode,
         lora_rank=settings.model.lora_rank,
         seed=seed,
+        holdout_fraction=s.holdout_fraction,
     )
 
 

@@ -111,3 +111,29 @@ def test_lora_mode_trains_only_the_adapters():
     assert any(after[k].abs().sum() > 0 for k in lora_b)  # B starts at zero, so it trained
     base = {k.replace(".base_layer", ""): v for k, v in after.items() if "lora_" not in k}
     assert all(torch.equal(before[k], base[k]) for k in before)  # base weights untouched
+
+
+def test_stage1_keeps_the_epoch_with_the_lowest_held_out_loss():
+    """Targets unrelated to the features: φ can only memorise the training rows, so the
+    held-out PAL loss is lowest early and the kept weights are that epoch's."""
+    from proxy_model.alignment import pal_loss
+    from proxy_model.stage1 import fit_coarse_head
+
+    torch.manual_seed(0)
+    z = torch.randn(100, 12)
+    targets = F.normalize(torch.randn(100, 4), dim=-1)
+    config = Stage1Config(lr=3e-2, batch_size=32, epochs=30, seed=1, holdout_fraction=0.2)
+    head = CoarseHead(12, 4, 64)
+    history = fit_coarse_head(head, z, targets, config, progress=False)
+    assert len(history.holdout_losses) == len(history.losses) == 30
+    best = min(range(30), key=history.holdout_losses.__getitem__)
+    assert history.best_epoch == best < 29  # memorising made the held-out loss worse later
+    assert history.losses[-1] < history.losses[best]  # ... while the training loss fell
+    hold = torch.randperm(100, generator=torch.Generator().manual_seed(1))[:20]
+    with torch.no_grad():
+        kept = pal_loss(head(z[hold]), targets[hold], hold, config.tau_c)
+    assert abs(float(kept) - history.holdout_losses[best]) < 1e-5  # the best epoch's weights
+    no_stop = fit_coarse_head(
+        CoarseHead(12, 4, 64), z, targets, Stage1Config(epochs=2, holdout_fraction=0.0), False
+    )
+    assert no_stop.best_epoch is None and no_stop.holdout_losses == []
