@@ -177,7 +177,8 @@ def paired_run(settings, variant, hidden, cache, chunks, *, block: int, bare_thr
     first batch's decode is never overlapped), at ``settings.trainer.threads`` torch
     threads; the decoder (a helper process takes ~0.3 s to start) is up before the clock.
     Bare block: its batches are built untimed from the same records, then forward, BCE,
-    backward and ``optimizer.step()`` at ``bare_threads`` torch threads.
+    backward and ``optimizer.step()`` at ``bare_threads`` torch threads (for idproxy also
+    the item rows' update counts, an input of the fusion's warmth weight).
     """
     import torch
     import torch.nn.functional as F
@@ -210,6 +211,8 @@ def paired_run(settings, variant, hidden, cache, chunks, *, block: int, bare_thr
                 bare_optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 bare_optimizer.step()
+                if variant == "idproxy":  # item update counts are the fusion's warmth input
+                    bare.item_table.count(batch.items, batch.history)
             bare_s.append(time.perf_counter() - started)
     finally:
         core.close()
