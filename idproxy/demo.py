@@ -31,13 +31,14 @@ store, trainer states and proxy bundles are private to the run.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from idproxy.demo_faults import DemoBroker, fault_schedule, inject
+from idproxy.demo_golive import bootstrap, run_to_end
 from idproxy.settings import Settings
 
 # the head widths of ProxyService.tiny(), so trainer and realign bundles fit tiny workers
@@ -187,7 +188,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                 replay += ["--upload-lead-days", str(plan.upload_lead_days)]
                 replay += ["--history", str(plan.history)]
                 _launch_catalogue(sup, plan, settings, port, replay)
-                _bootstrap(sup, plan, settings, broker, replay)
+                bootstrap(sup, plan, settings, broker, replay)
                 _start_trainers(sup, plan, settings)
                 live_from = time.time()
                 _replay(sup, plan, settings, port, broker, replay)
@@ -214,51 +215,6 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-class DemoBroker:
-    """The demo's broker: by the ladder, or (``--kill-each``) an Apache Kafka node the demo
-    owns, so it can SIGKILL it and start it again on the same data directory and port."""
-
-    def __init__(self, settings: Settings, plan: Plan) -> None:
-        self.settings = settings
-        self.plan = plan
-        self.stack = contextlib.ExitStack()
-        self.current = None
-        self.restarts = 0
-
-    def __enter__(self) -> DemoBroker:
-        from streams.broker import apache_kafka, broker_from_ladder, free_port, kafka_jars
-
-        if self.plan.kill_each:
-            jars = kafka_jars(self.settings)
-            if jars is None:
-                raise SystemExit("--kill-each needs the Apache Kafka jars: scripts/fetch_kafka.sh")
-            self.jars, self.port = jars, free_port()
-            self.current = self.stack.enter_context(
-                apache_kafka(jars, workdir=self.plan.run_dir / "kafka", port=self.port)
-            )
-        else:
-            self.current = self.stack.enter_context(broker_from_ladder(self.settings))
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stack.close()
-
-    def __getattr__(self, name: str):
-        return getattr(self.current, name)
-
-    def kill_and_restart(self) -> None:
-        """SIGKILL the broker, then start it again with the same data and port."""
-        from streams.broker import apache_kafka
-
-        self.current.process.kill()
-        self.current.process.wait(timeout=30)
-        time.sleep(2)
-        self.current = self.stack.enter_context(
-            apache_kafka(self.jars, workdir=self.plan.run_dir / "kafka", port=self.port)
-        )
-        self.restarts += 1
-
-
 def _start_components(sup, plan: Plan, settings: Settings) -> None:
     ready = settings.demo.ready_timeout_s
     r = plan.run_dir
@@ -275,76 +231,6 @@ def _start_components(sup, plan: Plan, settings: Settings) -> None:
     ):
         sup.wait_for(name, needle, ready)
     print("demo: components ready; uploading the launch catalogue", flush=True)
-
-
-def _bootstrap(sup, plan: Plan, settings: Settings, broker, replay: list[str]) -> None:
-    """Sends the history period's clicks, waits until the processor has turned them into
-    samples, then runs ``idproxy bootstrap`` (paper §3.2.4) on them."""
-    from idproxy.supervisor import ChildFailed
-
-    if not plan.history:
-        return
-    started = time.time()
-    _run_to_end(sup, "history", [*replay, "--part", "history"])
-    end = time.time() + settings.demo.ready_timeout_s
-    samples_topic = f"{sup.env['IDPROXY_KAFKA_TOPIC_PREFIX']}samples"
-    while (n := _samples_in_topic(settings, broker.current, samples_topic)) < plan.history:
-        sup.check_alive()
-        if time.time() >= end:
-            raise ChildFailed(f"only {n}/{plan.history} history samples reached the topic")
-        time.sleep(1)
-    r = plan.run_dir
-    tiny = ["--tiny"] if plan.tiny else []
-    print(f"demo: {plan.history:,} history samples; bootstrapping the deployment", flush=True)
-    _run_to_end(
-        sup,
-        "bootstrap",
-        [
-            "bootstrap",
-            "--id-only-state",
-            str(r / "trainer-id-only"),
-            "--idproxy-state",
-            str(r / "trainer-idproxy"),
-            *tiny,
-        ],
-    )
-    lines = [ln for ln in sup.logs("bootstrap").splitlines() if ln.startswith("{")]
-    result = json.loads(lines[-1]) if lines else {}
-    (r / "bootstrap.json").write_text(json.dumps(result, indent=1))
-    stage1 = result.get("stage1", {})
-    print(
-        f"demo: bootstrap done in {time.time() - started:.0f} s (Stage 1 "
-        f"{'accepted' if stage1.get('accepted') else 'not accepted'}: {stage1.get('new')})",
-        flush=True,
-    )
-
-
-def _run_to_end(sup, name: str, args: list[str]) -> None:
-    """Runs one supervised command to its end; raises ChildFailed if it fails."""
-    from idproxy.supervisor import ChildFailed
-
-    child = sup.start(name, args)
-    while child.proc.poll() is None:
-        sup.check_alive([n for n in sup.children if n != name])
-        time.sleep(0.5)
-    if child.proc.returncode != 0:
-        raise ChildFailed(f"{name} exited ({child.proc.returncode}):\n{child.tail()}")
-    sup.stop(name)
-
-
-def _samples_in_topic(settings: Settings, broker, topic: str) -> int:
-    """Records in ``topic`` (the sum of its partitions' end offsets)."""
-    from kafka import KafkaConsumer, TopicPartition
-
-    from streams.kafka_config import consumer_config
-
-    consumer = KafkaConsumer(**consumer_config(settings, broker, None))
-    try:
-        parts = consumer.partitions_for_topic(topic) or set()
-        ends = consumer.end_offsets([TopicPartition(topic, p) for p in parts])
-        return sum(ends.values())
-    finally:
-        consumer.close()
 
 
 def _start_trainers(sup, plan: Plan, settings: Settings) -> None:
@@ -398,20 +284,20 @@ def _replay(
             str(plan.bad_share),
         ],
     )
-    victims, kill_at = _fault_schedule(plan, time.time())
+    victims, kill_at = fault_schedule(plan, time.time())
     publisher = sup.children["publisher"]
     last_progress = 0.0
     while publisher.proc.poll() is None:
         time.sleep(1)
         if victims and time.time() >= kill_at[0]:
-            _inject(sup, victims[0], broker, settings)
+            inject(sup, victims[0], broker, settings)
             victims, kill_at = victims[1:], kill_at[1:]
         sup.check_alive([n for n in sup.children if n != "publisher"])
         if time.time() - last_progress >= settings.demo.progress_every_s:
             _progress(plan, port, "replay")
             last_progress = time.time()
     for victim in victims:  # the replay was faster than planned: finish the drill
-        _inject(sup, victim, broker, settings)
+        inject(sup, victim, broker, settings)
     if publisher.proc.returncode != 0:
         raise ChildFailed(f"publisher exited ({publisher.proc.returncode}):\n{publisher.tail()}")
     sup.stop("publisher")  # done: no longer watched
@@ -426,7 +312,7 @@ def _launch_catalogue(sup, plan: Plan, settings: Settings, port: int, replay: li
     as one burst that one CPU worker needs minutes to clear, so most first clicks of new
     items would find no proxy yet (16–31 % would, by a FIFO estimate at 6–10 items/s).
     """
-    _run_to_end(sup, "catalogue", [*replay, "--part", "catalogue"])
+    run_to_end(sup, "catalogue", [*replay, "--part", "catalogue"])
     end, last = time.time() + plan.catalogue_timeout_s, 0.0
     while (servable := _servable(port)[0]) < len(plan.catalogue):
         sup.check_alive()
@@ -442,61 +328,6 @@ def _launch_catalogue(sup, plan: Plan, settings: Settings, port: int, replay: li
             last = time.time()
         time.sleep(1)
     print(f"demo: launch catalogue servable ({servable} items); starting the clicks", flush=True)
-
-
-# the fault drill of --kill-each, in order; "broker" is the Apache Kafka node itself
-FAULT_ORDER = ("worker-0", "processor", "trainer-idproxy", "materializer", "broker")
-READY = {
-    "worker-0": "ready",
-    "processor": "processor ready",
-    "trainer-idproxy": "trainer ready",
-    "materializer": "materializer ready",
-}
-
-
-PAUSE = "pause:worker-0"  # SIGSTOP the worker past its group session, then SIGCONT
-PAUSE_S = 16.0  # kafka-python's default session timeout is 10 s
-
-
-def _fault_schedule(plan: Plan, start: float) -> tuple[list[str], list[float]]:
-    """(faults, wall-clock times): each of FAULT_ORDER ``fault_rounds`` times (and the
-    pause), shuffled and placed at seeded random moments of the replay, in time order.
-
-    >>> from types import SimpleNamespace
-    >>> plan = SimpleNamespace(fault_rounds=3, pause_consumer=True, fault_seed=0, replay_s=100)
-    >>> faults, times = _fault_schedule(plan, 0.0)
-    >>> len(faults), faults.count("broker"), faults.count(PAUSE), times == sorted(times)
-    (16, 3, 1, True)
-    """
-    import random
-
-    rng = random.Random(plan.fault_seed)
-    faults = [name for name in FAULT_ORDER for _ in range(plan.fault_rounds)]
-    faults += [PAUSE] if plan.pause_consumer else []
-    rng.shuffle(faults)
-    times = sorted(start + plan.replay_s * rng.uniform(0.05, 0.95) for _ in faults)
-    return faults, times
-
-
-def _inject(sup, name: str, broker: DemoBroker, settings: Settings) -> None:
-    if name == PAUSE:
-        print(f"demo: fault drill: SIGSTOP worker-0 for {PAUSE_S:.0f} s, then SIGCONT", flush=True)
-        sup.pause("worker-0", PAUSE_S)
-        sup.restarts[PAUSE] = sup.restarts.get(PAUSE, 0) + 1
-        return
-    _kill_and_restart(sup, name, broker, settings)
-
-
-def _kill_and_restart(sup, name: str, broker: DemoBroker, settings: Settings) -> None:
-    print(f"demo: fault drill: SIGKILL {name}, then restart it", flush=True)
-    if name == "broker":
-        broker.kill_and_restart()
-        sup.restarts["broker"] = broker.restarts
-        return
-    sup.kill(name)
-    time.sleep(1)
-    sup.restart(name)
-    sup.wait_for(name, READY[name], settings.demo.ready_timeout_s)
 
 
 def _published(sup) -> dict:

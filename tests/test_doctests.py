@@ -26,7 +26,7 @@ MODULES = [
     "trainer.fusion",
     "trainer.optim",
     "proxy_model.normaliser",
-    "idproxy.demo",
+    "idproxy.demo_faults",
 ]
 
 
