@@ -41,6 +41,11 @@ Summary = dict[str, dict[str, dict[str, float]]]  # variant -> column -> {mean, 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true", help="tiny synthetic run for tests")
     parser.add_argument("--seeds", type=int, default=None, help="default: trainer.seeds")
+    parser.add_argument(
+        "--variants",
+        default=None,
+        help="comma-separated variant names to run (Base always runs first); default: all",
+    )
 
 
 def delta_key(metric: str) -> str:
@@ -170,6 +175,22 @@ def final_line(summaries: dict[str, Summary], **head) -> dict:
     return line
 
 
+def select_variants(variants: tuple, names: str | None) -> tuple:
+    """Base plus the variants named in ``names`` (comma-separated), in registry order.
+
+    >>> from trainer.variants import VARIANTS
+    >>> [v.name for v in select_variants(VARIANTS, "DropoutNet")]
+    ['Base', 'DropoutNet']
+    """
+    if not names:
+        return variants
+    wanted = {n.strip() for n in names.split(",") if n.strip()}
+    unknown = wanted - {v.name for v in variants}
+    if unknown:
+        raise SystemExit(f"unknown variants {sorted(unknown)}; known: {[v.name for v in variants]}")
+    return tuple(v for v in variants if v.name == "Base" or v.name in wanted)
+
+
 def run(args: argparse.Namespace, settings: Settings) -> int:
     import torch
     from tqdm import tqdm
@@ -187,6 +208,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         )
         t = settings.trainer
     seeds = args.seeds if args.seeds is not None else (2 if args.quick else t.seeds)
+    variants = select_variants(VARIANTS, getattr(args, "variants", None))
     protocols = t.table1_protocols
     started = time.perf_counter()
     ml = load_movielens()
@@ -194,7 +216,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     out.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []
     bar = tqdm(
-        total=seeds * len(protocols) * len(VARIANTS),
+        total=seeds * len(protocols) * len(variants),
         desc="table1 (seed × protocol × variant)",
         unit="model",
     )
@@ -212,7 +234,10 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             )
             bar.set_postfix(seed=seed, protocol=protocol, n_test_new=len(split.test_new))
             content_fn = content_function(settings, quick=args.quick, seed=seed)
-            for r in run_seed(split, settings, seed, content_fn, on_result=lambda _: bar.update(1)):
+            runs = run_seed(
+                split, settings, seed, content_fn, variants, on_result=lambda _: bar.update(1)
+            )
+            for r in runs:
                 rows.append(r.model_dump())
         write_results(out, rows, args.quick, seed + 1, time.perf_counter() - started, settings)
     bar.close()

@@ -145,6 +145,7 @@ def model_and_optimizer(settings, variant: str, hidden: int):
         attention_hidden=t.attention_hidden,
         mlp_hidden=tuple(t.mlp_hidden),
         initial_rows=t.initial_rows,
+        id_init_std=t.id_init_std,
     )
     model = OnlineRanker(shape, variant, seed=t.online_seed)
     return model, attach_optimizer(model, t.online_lr, t.online_adaptor_lr_scale)

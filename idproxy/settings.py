@@ -188,6 +188,12 @@ class TrainerSettings(BaseModel):
     )
     batch_max_wait_ms: int = Field(1000, description="Max wait to fill a mini-batch")
     initial_rows: int = Field(1024, description="Initial rows of each growing ID table")
+    id_init_std: float = Field(
+        0.0,
+        ge=0,
+        description="Std of a new user/item ID row in every ranker (0: a new id starts as the"
+        " mean item; docs/TRAINER.md measures 0.01 against 0)",
+    )
     new_item_interactions: int = Field(5, description="tau: new while interactions < this")
     new_item_age_s: float = Field(86400.0, description="... or while younger than this (s)")
     eval_window: int = Field(10_000, description="Samples in each windowed AUC/LogLoss")

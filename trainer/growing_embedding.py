@@ -2,9 +2,11 @@
 
 Row 0 is padding (always zeros, never updated). New ids take the next free row; when the
 table is full its capacity doubles and existing rows are copied unchanged, so a row's
-embedding never moves or changes because of growth. New rows are initialised from a
-generator seeded by (seed, capacity), so the same sequence of ids gives the same table in
-every run (crash-resume determinism). ``counts[row]`` is the number of training samples
+embedding never moves or changes because of growth. New rows are drawn from
+N(0, init_std²) with a generator seeded by (seed, capacity), so the same sequence of ids
+gives the same table in every run (crash-resume determinism). The rankers use
+``init_std = 0`` (``trainer.id_init_std``): a new id starts as the mean item, not as
+noise the ranker has to learn to ignore. ``counts[row]`` is the number of training samples
 whose forward pass used that row (target or history item): its updates, used for τ.
 
 Rows are handed out by the caller's row plan (``trainer.sample_decoder``): ``add`` appends
@@ -24,16 +26,17 @@ import numpy as np
 import torch
 from torch import nn
 
-INIT_STD = 0.01
-
 
 class GrowingEmbedding(nn.Module):
     """weight [capacity, d]; ``index`` id -> row; ``add(new_ids)`` grows it as needed."""
 
-    def __init__(self, dim: int, capacity: int = 1024, seed: int = 0) -> None:
+    def __init__(
+        self, dim: int, capacity: int = 1024, seed: int = 0, init_std: float = 0.01
+    ) -> None:
         super().__init__()
         self.dim = dim
         self.seed = seed
+        self.init_std = init_std
         self.ids: list[str] = []  # row r >= 1 holds ids[r - 1]
         self.index: dict[str, int] = {}
         self.weight = nn.Parameter(self._init_rows(0, max(2, capacity)))
@@ -42,7 +45,7 @@ class GrowingEmbedding(nn.Module):
 
     def _init_rows(self, start: int, stop: int) -> torch.Tensor:
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + stop)
-        rows = torch.randn(stop - start, self.dim, generator=g) * INIT_STD
+        rows = torch.randn(stop - start, self.dim, generator=g) * self.init_std
         if start == 0:
             rows[0] = 0.0
         return rows

@@ -332,6 +332,7 @@ class OnlineTrainer(TrainerCore):
             attention_hidden=t.attention_hidden,
             mlp_hidden=tuple(t.mlp_hidden),
             initial_rows=t.initial_rows,
+            id_init_std=t.id_init_std,
             adaptor_hidden=m.adaptor_hidden,
         )
         if self.variant == "id-only":

@@ -49,6 +49,7 @@ class OnlineShape:
     attention_hidden: int = 32
     mlp_hidden: tuple[int, ...] = (64, 32)
     initial_rows: int = 1024
+    id_init_std: float = 0.0
 
 
 @dataclass
@@ -84,8 +85,8 @@ class OnlineRanker(nn.Module):
         d = shape.dim
         self.shape = shape
         self.variant = variant
-        self.user_table = GrowingEmbedding(d, shape.initial_rows, seed=2 * seed)
-        self.item_table = GrowingEmbedding(d, shape.initial_rows, seed=2 * seed + 1)
+        self.user_table = GrowingEmbedding(d, shape.initial_rows, 2 * seed, shape.id_init_std)
+        self.item_table = GrowingEmbedding(d, shape.initial_rows, 2 * seed + 1, shape.id_init_std)
         self.attention = TargetAttention(d, shape.attention_hidden)
         self.cross = CrossNetV2(3 * d, shape.cross_layers)
         self.mlp = tower(3 * d, shape.mlp_hidden)

@@ -58,6 +58,7 @@ class RankerShape:
     attention_hidden: int
     mlp_hidden: tuple[int, ...]
     adaptor_hidden: int
+    id_init_std: float = 0.0
 
 
 class Ranker(nn.Module):
@@ -71,8 +72,8 @@ class Ranker(nn.Module):
         self.variant = variant
         self.user_emb = nn.Embedding(shape.n_users + 1, d, sparse=True)
         self.item_emb = nn.Embedding(shape.n_items + 1, d, sparse=True)
-        nn.init.normal_(self.user_emb.weight, std=0.01)
-        nn.init.normal_(self.item_emb.weight, std=0.01)
+        for table in (self.user_emb, self.item_emb):  # std 0: a new id is the mean item
+            nn.init.normal_(table.weight, std=shape.id_init_std)
         self.register_buffer("user_cat", side.user_cat)
         self.register_buffer("item_genres", side.item_genres)
         self.register_buffer("item_year", side.item_year)
@@ -125,15 +126,22 @@ class Ranker(nn.Module):
         table = torch.zeros(self.p_coarse.shape, dtype=fine.dtype, device=fine.device)
         return table.index_put((uniq,), fine)
 
-    def id_embedding(self, items: torch.Tensor) -> torch.Tensor:
-        """e_id [*, d]; DropoutNet / generator replacement in training and for cold items."""
-        e = self.item_emb(items)
-        v = self.variant
-        if v.id_replacement == "none":
-            return e
+    def presented_new(self, items: torch.Tensor) -> torch.Tensor | None:
+        """bool [*]: items whose ID row is replaced (untrained items, and in training each
+        item with probability ``id_dropout``); None when the variant never replaces."""
+        if self.variant.id_replacement == "none":
+            return None
         drop = ~self.warm[items]
         if self.training:
-            drop = drop | (torch.rand(items.shape, device=items.device) < v.id_dropout)
+            drop = drop | (torch.rand(items.shape, device=items.device) < self.variant.id_dropout)
+        return drop
+
+    def id_embedding(self, items: torch.Tensor, drop: torch.Tensor | None) -> torch.Tensor:
+        """e_id [*, d]; DropoutNet / generator replacement where ``drop``."""
+        e = self.item_emb(items)
+        v = self.variant
+        if drop is None:
+            return e
         if v.id_replacement == "zeros":
             fill = torch.zeros_like(e)
         else:
@@ -169,9 +177,12 @@ class Ranker(nn.Module):
 
     def item_slot(self, items: torch.Tensor, fine: torch.Tensor | None) -> torch.Tensor:
         """THE ID slot, for target [B] and history [B, L] items alike -> [*, d]."""
-        e = self.id_embedding(items)
+        drop = self.presented_new(items)
+        e = self.id_embedding(items, drop)
         if self.fusion is not None:
             n = self.updates[items]
+            if drop is not None:  # cold-start simulation: presented as a new item, n = 0
+                n = torch.where(drop, torch.zeros_like(n), n)
             return self.fusion(e, n, self.slot_proxies(items, fine), self.has_proxy[items])
         if self.slot_proj is not None:
             assert self.content_proj is not None

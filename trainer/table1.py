@@ -60,6 +60,7 @@ def shape_of(settings: Settings, split: Split) -> RankerShape:
         attention_hidden=t.attention_hidden,
         mlp_hidden=t.mlp_hidden,
         adaptor_hidden=settings.model.adaptor_hidden,
+        id_init_std=t.id_init_std,
     )
 
 

@@ -24,6 +24,8 @@ class VariantConfig(BaseModel):
     slot_content: DropoutNet's slot Linear([e_id, Linear(content)]).
     id_dropout / id_replacement: DropoutNet (zeros) or a CVAR-style generator replaces
     the ID embedding with this probability in training, and always for untrained items.
+    On a fusion variant (``v5 + cold simulation``) a replaced item is presented as new:
+    e_id = 0 and n = 0, so the content path trains in the regime it serves.
     """
 
     name: str
@@ -58,6 +60,13 @@ VARIANTS: tuple[VariantConfig, ...] = (
     VariantConfig(name="v3 coarse in slot", slot_coarse=True),
     VariantConfig(name="v4 no reuse", mlp_proxies=True),
     VariantConfig(name="v5 IDProxy", slot_coarse=True, slot_fine=True),
+    VariantConfig(
+        name="v5 + cold simulation",
+        slot_coarse=True,
+        slot_fine=True,
+        id_dropout=0.5,
+        id_replacement="zeros",
+    ),
     VariantConfig(name="DropoutNet", slot_content=True, id_dropout=0.5, id_replacement="zeros"),
     VariantConfig(name="CVAR-style generator", id_dropout=0.5, id_replacement="generator"),
     VariantConfig(name="control: Base ID in slot", slot_base_id=True),
