@@ -7,6 +7,9 @@ moments of the replay, and SIGSTOPs the worker past its group session timeout on
 5 % malformed events are mixed into the uploads and clicks. The end state must be exact: every item has a servable proxy in the
 active version, both trainers trained on every click exactly once (duplicates from
 re-deliveries are dropped by sample id), and the DLQ holds exactly the malformed events.
+A component that exits on its own (a bad record, a bug) fails the demo: only the injected
+faults restart anything. The run also makes every check of the fault-free quick demo
+(`tests/demo/test_demo_quick.py`), which therefore only runs where the jars are missing.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import pytest
 
 from idproxy.settings import load_settings
 from streams.broker import kafka_jars
-from tests.demo.test_demo_quick import assert_exact_end_state, run_demo
+from tests.demo.test_demo_quick import assert_demo_outputs, assert_exact_end_state, run_demo
 
 pytestmark = pytest.mark.kafka
 
@@ -32,6 +35,6 @@ def test_every_component_killed_and_restarted_loses_nothing(tmp_path):
         "broker": 3,
         "pause:worker-0": 1,
     }
-    assert summary["malformed_sent"] > 0
     assert summary["broker_rung"] == 3
     assert_exact_end_state(summary)
+    assert_demo_outputs(summary, tmp_path / "demo")
