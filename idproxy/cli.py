@@ -38,6 +38,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "deploy on the history period: ID-only ranker, Stage 1, Stage-2 pretraining",
     ),
     "settings": ("idproxy.show_settings", "print the effective settings as JSON"),
+    "schemas": ("streams.schemas", "write the events' JSON Schemas to schemas/ (--check: compare)"),
 }
 
 

@@ -10,6 +10,9 @@
 
   The header lists each array's name and shape; the frame must be exactly that long.
 
+JSON Schemas generated from these models are in ``schemas/`` (``idproxy schemas``,
+``streams/schemas.py``); byte layouts, keys and limits in docs/WIRE_FORMAT.md.
+
 >>> rec = ProxyRecordEvent(item_id="7", proxy_version="p1", encoder_version="e1",
 ...                        uploaded_at=1.0, produced_at=2.0)
 >>> import numpy as np
@@ -41,7 +44,7 @@ class EventError(ValueError):
 
 class _Event(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=False, frozen=True)
-    schema_version: Literal[1] = 1
+    schema_version: Literal[1] = Field(1, description="version of this event's schema (1)")
 
 
 def _finite(value: float) -> float:
@@ -53,12 +56,16 @@ def _finite(value: float) -> float:
 class ItemUploaded(_Event):
     """A new item: text fields, an optional image (base64 or a local path), upload time (s)."""
 
-    item_id: ItemId = Field(min_length=1, max_length=256)
-    title: str = Field(min_length=1)
-    text: str = ""
-    image_b64: Base64Bytes | None = None
-    image_path: str | None = None
-    uploaded_at: float = Field(default_factory=time.time)
+    item_id: ItemId = Field(min_length=1, max_length=256, description="the item's id")
+    title: str = Field(min_length=1, description="the item's title")
+    text: str = Field("", description="more text (title + text: at most 4000 chars by default)")
+    image_b64: Base64Bytes | None = Field(None, description="the image file's bytes, base64")
+    image_path: str | None = Field(
+        None, description="an image file inside the workers' image root (used without image_b64)"
+    )
+    uploaded_at: float = Field(
+        default_factory=time.time, description="upload time, Unix seconds (default: when parsed)"
+    )
 
     _check_time = field_validator("uploaded_at")(_finite)
 
@@ -88,11 +95,13 @@ class Click(_Event):
     streams.events.EventError: invalid Click: context.a.str: Input should be a valid string
     """
 
-    user_id: str = Field(min_length=1, max_length=256)
-    item_id: ItemId = Field(min_length=1, max_length=256)
-    label: Literal[0, 1]
-    ts: float
-    context: dict[str, ContextValue] = Field(default_factory=dict)
+    user_id: str = Field(min_length=1, max_length=256, description="the user's id")
+    item_id: ItemId = Field(min_length=1, max_length=256, description="the item's id")
+    label: Literal[0, 1] = Field(description="1 = clicked, 0 = shown but not clicked")
+    ts: float = Field(description="time of the response, Unix seconds (finite)")
+    context: dict[str, ContextValue] = Field(
+        default_factory=dict, description="free context: strings, int64 integers, finite floats"
+    )
 
     _check_time = field_validator("ts")(_finite)
 
@@ -105,57 +114,65 @@ class TrainingSample(_Event):
     ``sample_id`` = ``<topic>/<partition>/<offset>`` of the click identifies duplicates.
     """
 
-    sample_id: str
-    user_id: str
-    item_id: ItemId
-    label: Literal[0, 1]
-    ts: float
-    history: list[ItemId]
+    sample_id: str = Field(description="<topic>/<partition>/<offset> of the click")
+    user_id: str = Field(description="the user's id")
+    item_id: ItemId = Field(description="the item's id")
+    label: Literal[0, 1] = Field(description="the click's label")
+    ts: float = Field(description="the click's time, Unix seconds")
+    history: list[ItemId] = Field(description="the user's clicked items before it, oldest first")
     item_interactions: int = Field(ge=0, description="interactions of the item before this one")
-    item_age_s: float | None = None
-    item_known: bool
-    context: dict[str, str | int | float] = Field(default_factory=dict)
+    item_age_s: float | None = Field(None, description="seconds since upload (null: unknown)")
+    item_known: bool = Field(description="the item's upload was seen before the click")
+    context: dict[str, str | int | float] = Field(
+        default_factory=dict, description="the click's context"
+    )
 
 
 class VersionCommit(_Event):
     """Control marker: publish ``version`` once ``expected_items`` of it are stored."""
 
-    version: str = Field(pattern=r"^[A-Za-z0-9._-]{1,96}$")
-    expected_items: int = Field(ge=1)
-    kind: Literal["proxies"] = "proxies"
-    created_at: float = Field(default_factory=time.time)
+    version: str = Field(
+        pattern=r"^[A-Za-z0-9._-]{1,96}$", description="the proxy version to publish"
+    )
+    expected_items: int = Field(ge=1, description="items the version must hold to be published")
+    kind: Literal["proxies"] = Field("proxies", description="what is versioned")
+    created_at: float = Field(default_factory=time.time, description="Unix seconds")
 
 
 class DeadLetter(_Event):
     """A rejected input with where it came from, the original bytes and the reason."""
 
-    source_topic: str
-    partition: int
-    offset: int
-    key_b64: Base64Bytes | None = None
-    value_b64: Base64Bytes
-    reason: str
-    component: str
-    at: float = Field(default_factory=time.time)
+    source_topic: str = Field(description="topic of the rejected record")
+    partition: int = Field(description="its partition")
+    offset: int = Field(description="its offset")
+    key_b64: Base64Bytes | None = Field(
+        None, description="its key, base64 (null: no key); cut to 64 KiB"
+    )
+    value_b64: Base64Bytes = Field(description="its value, base64 (a tombstone: ''); cut to 8 MiB")
+    reason: str = Field(description="why it was rejected (a cut is noted at the end)")
+    component: str = Field(
+        description="who rejected it: worker, processor, materializer or trainer"
+    )
+    at: float = Field(default_factory=time.time, description="when, Unix seconds")
 
 
 class ItemFeaturesRecord(_Event):
     """Header of a binary frame carrying z [D] and z_groups [G, D] of one item."""
 
-    item_id: ItemId
-    encoder_version: str
-    uploaded_at: float
-    produced_at: float
+    item_id: ItemId = Field(description="the item's id")
+    encoder_version: str = Field(description="the encoder that produced the features")
+    uploaded_at: float = Field(description="the item's upload time, Unix seconds")
+    produced_at: float = Field(description="when the frame was produced, Unix seconds")
 
 
 class ProxyRecordEvent(_Event):
     """Header of a binary frame carrying p_coarse [d] and p_fine [d] of one item."""
 
-    item_id: ItemId
-    proxy_version: str
-    encoder_version: str
-    uploaded_at: float
-    produced_at: float
+    item_id: ItemId = Field(description="the item's id")
+    proxy_version: str = Field(description="the proxy version the vectors belong to")
+    encoder_version: str = Field(description="the encoder behind the proxy heads")
+    uploaded_at: float = Field(description="the item's upload time, Unix seconds")
+    produced_at: float = Field(description="when the frame was produced, Unix seconds")
 
 
 def parse_json(raw: bytes | None, model: type[ModelT]) -> ModelT:

@@ -27,6 +27,7 @@ MODULES = [
     "trainer.optim",
     "proxy_model.normaliser",
     "idproxy.demo_faults",
+    "streams.schemas",
 ]
 
 
