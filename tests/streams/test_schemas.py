@@ -134,6 +134,7 @@ def test_invalid_examples_are_rejected_by_the_model(stem: str, doc: dict) -> Non
 @pytest.mark.parametrize("valid", [True, False], ids=["valid", "invalid"])
 def test_examples_against_the_committed_schemas_with_jsonschema(valid: bool) -> None:
     import jsonschema
+
     for stem, doc in _cases(valid):
         validator = jsonschema.Draft202012Validator(_committed(stem))
         assert validator.is_valid(doc) is valid, (stem, doc)
