@@ -33,14 +33,14 @@ def _pct(values: list[float], q: float) -> float:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    import threading
     import urllib.request
 
     import numpy as np
     from rich.console import Console
     from rich.table import Table
 
-    from store.http_api import ProxyApi, make_server
+    from store.api_server import make_server
+    from store.http_api import ProxyApi
     from store.proxy_store import ProxyStore
 
     dim = settings.model.id_dim
@@ -85,22 +85,24 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                 fn(batch)
 
         api = ProxyApi(store, max_request_bytes=1 << 22, max_batch_items=args.batch)
-        server = make_server(api)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        base = "http://{}:{}".format(*server.server_address[:2])
-        http_single, http_many = [], []
+        server = make_server(api).start()
+        base = server.url
+        http_single, http_many, http_binary = [], [], []
         for i in rng.integers(0, args.items, args.http_rounds * 10):
             t = time.perf_counter()
             urllib.request.urlopen(f"{base}/v1/proxies/{ids[i]}", timeout=10).read()
             http_single.append(time.perf_counter() - t)
-        for _ in range(args.http_rounds):
+        for r in range(2 * args.http_rounds):  # JSON and binary answers alternate
             body = json.dumps(
                 {"item_ids": [ids[i] for i in rng.integers(0, args.items, args.batch)]}
             )
-            req = urllib.request.Request(f"{base}/v1/proxies:batch", data=body.encode())
+            accept = "application/octet-stream" if r % 2 else "application/json"
+            req = urllib.request.Request(
+                f"{base}/v1/proxies:batch", data=body.encode(), headers={"Accept": accept}
+            )
             t = time.perf_counter()
             urllib.request.urlopen(req, timeout=30).read()
-            http_many.append(time.perf_counter() - t)
+            (http_binary if r % 2 else http_many).append(time.perf_counter() - t)
         server.shutdown()
         server.server_close()
         store.close()
@@ -120,6 +122,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     row(f"raw rocksdict multi-get({args.batch})", raw, args.batch)
     row("GET /v1/proxies/{id} (HTTP)", http_single, 1)
     row(f"POST /v1/proxies:batch ({args.batch}) (HTTP)", http_many, args.batch)
+    row(f"POST /v1/proxies:batch binary ({args.batch}) (HTTP)", http_binary, args.batch)
     ratio = (args.batch * len(many) / sum(many)) / (args.batch * len(raw) / sum(raw))
 
     table = Table(title=f"ProxyStore, {args.items} items, d={dim}, {args.dtype}")

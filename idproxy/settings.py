@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import (
     BaseSettings,
     InitSettingsSource,
@@ -110,6 +110,14 @@ class StoreSettings(BaseModel):
     http_port: int = 8765
     max_request_bytes: int = 1 << 20
     max_batch_items: int = 1000
+    refresh_interval_s: float = Field(
+        1.0, ge=0, description="The read API catches up with the writer at most this often"
+    )
+    api_token: SecretStr | None = Field(
+        None,
+        description="Bearer token the read API requires (IDPROXY_STORE_API_TOKEN); "
+        "mandatory when http_host is not a loopback address",
+    )
 
 
 class WorkerSettings(BaseModel):

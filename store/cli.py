@@ -86,17 +86,27 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _serve(store, settings: Settings, args: argparse.Namespace) -> int:
-    from store.http_api import ProxyApi, make_server
+    from store.api_server import InsecureBindError, make_server
+    from store.http_api import ProxyApi
 
     s = settings.store
-    api = ProxyApi(store, max_request_bytes=s.max_request_bytes, max_batch_items=s.max_batch_items)
-    server = make_server(
-        api, args.host or s.http_host, args.port if args.port is not None else s.http_port
+    api = ProxyApi(
+        store,
+        max_request_bytes=s.max_request_bytes,
+        max_batch_items=s.max_batch_items,
+        refresh_interval_s=s.refresh_interval_s,
+        token=s.api_token.get_secret_value() if s.api_token else None,
     )
-    host, port = server.server_address[:2]
-    print(f"serving proxies from {store.path} on http://{host}:{port} (Ctrl-C stops)", flush=True)
+    host = args.host or s.http_host
     try:
-        server.serve_forever()
+        server = make_server(api, host, args.port if args.port is not None else s.http_port)
+    except (InsecureBindError, OSError) as exc:
+        print(f"error: {exc}", flush=True)
+        return 2
+    auth = "bearer token required" if api.token else "no token (loopback only)"
+    print(f"serving proxies from {store.path} on {server.url} ({auth}; Ctrl-C stops)", flush=True)
+    try:
+        server.serve_forever()  # uvicorn re-raises the SIGINT it handled once it stops
     except KeyboardInterrupt:
         pass
     finally:

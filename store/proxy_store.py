@@ -184,6 +184,11 @@ class ProxyStore:
     def previous_version(self) -> str | None:
         return self._pointer()["previous"]
 
+    def pointer(self) -> tuple[str | None, str | None]:
+        """(active, previous) from one read of the pointer: never a mix of two states."""
+        ptr = self._pointer()
+        return ptr["active"], ptr["previous"]
+
     def versions(self) -> list[VersionInfo]:
         """All known versions, oldest first."""
         infos = [VersionInfo.model_validate_json(v) for k, v in self._prefix_items(b"ver/")]

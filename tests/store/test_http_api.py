@@ -1,7 +1,6 @@
 """The HTTP read API against a real server on loopback."""
 
 import json
-import threading
 import urllib.error
 import urllib.request
 
@@ -9,7 +8,8 @@ import numpy as np
 import pytest
 
 from store import ProxyStore
-from store.http_api import ProxyApi, make_server
+from store.api_server import make_server
+from store.http_api import ProxyApi
 
 DIM = 4
 
@@ -24,9 +24,7 @@ def server(tmp_path):
     writer.publish("v1")
     reader = ProxyStore(path, dim=DIM, read_only=True)
     api = ProxyApi(reader, max_request_bytes=2000, max_batch_items=50, refresh_interval_s=0.0)
-    srv = make_server(api)
-    thread = threading.Thread(target=srv.serve_forever, daemon=True)
-    thread.start()
+    srv = make_server(api).start()
     host, port = srv.server_address
     yield f"http://{host}:{port}", writer
     srv.shutdown()
