@@ -5,20 +5,21 @@ connection errors, timeouts and 5xx answers are retried ``retries`` times with e
 backoff, 4xx never. Failures raise: `ProxyNotFound` (404 item), `UnknownVersion` (404
 version), `ProxyUnavailable` (no answer after the retries) or `ProxyAPIError` (any other
 error answer, with ``status``, ``error`` and ``reason``); a miss in a batch is explicit in
-``found``, never a silent zero vector.
+``found``, never a silent zero vector. The examples run against a live server
+(tests/store/test_client.py) holding items "a" and "b/c" in version v1:
 
 >>> client = ProxyClient(base_url, token=token, timeout_s=5.0, retries=2)
 >>> client.healthz()["status"]
 'ok'
->>> rec = client.get("item-1")
+>>> rec = client.get("a")
 >>> rec.version, rec.p_coarse.shape, rec.p_coarse.dtype
 ('v1', (4,), dtype('float32'))
->>> batch = client.get_many(["item-1", "nope", "item-2"])
+>>> batch = client.get_many(["a", "nope", "b/c"])
 >>> batch.version, batch.p_fine.shape, batch.found.tolist()
 ('v1', (3, 4), [True, False, True])
 >>> batch.missing
 ['nope']
->>> client.get_many(["item-1"], binary=False).p_coarse.tolist() == [rec.p_coarse.tolist()]
+>>> client.get_many(["a"], binary=False).p_coarse.tolist() == [rec.p_coarse.tolist()]
 True
 >>> client.versions()["active"]
 'v1'
@@ -26,7 +27,7 @@ True
 Traceback (most recent call last):
 ...
 idproxy.client.ProxyNotFound: 404 not_found: no proxy for item 'nope' in version 'v1'
->>> client.get("item-1", version="v9").version
+>>> client.get("a", version="v9")
 Traceback (most recent call last):
 ...
 idproxy.client.UnknownVersion: 404 unknown_version: unknown version 'v9'

@@ -39,7 +39,7 @@ from pathlib import Path
 
 from idproxy.demo_faults import DemoBroker, fault_schedule, inject
 from idproxy.demo_golive import bootstrap, run_to_end
-from idproxy.settings import Settings
+from idproxy.settings import Settings, load_settings
 
 # the head widths of ProxyService.tiny(), so trainer and realign bundles fit tiny workers
 TINY_HEADS = {"IDPROXY_MODEL_COARSE_HIDDEN": "16", "IDPROXY_MODEL_ADAPTOR_HIDDEN": "16"}
@@ -382,8 +382,11 @@ def _last_metrics(path: Path) -> dict:
 
 def _servable(port: int) -> tuple[int, str | None]:
     """Items in the active version, read through the store's HTTP API."""
+    token = load_settings().store.api_token  # the api child sees the same settings
+    headers = {"Authorization": f"Bearer {token.get_secret_value()}"} if token else {}
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/versions", headers=headers)
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/versions", timeout=5) as r:
+        with urllib.request.urlopen(req, timeout=5) as r:
             body = json.loads(r.read())
     except OSError:
         return 0, None

@@ -28,6 +28,7 @@ MODULES = [
     "proxy_model.normaliser",
     "idproxy.demo_faults",
     "streams.schemas",
+    "idproxy.proxy_wire",
 ]
 
 
