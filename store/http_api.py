@@ -53,7 +53,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from idproxy.proxy_wire import CORRUPT, FOUND, encode_batch
 from store.errors import StoreError, UnknownVersionError, VersionStateError
-from store.proxy_store import ProxyStore, VersionInfo
+from store.proxy_store import BatchResult, ProxyStore, VersionInfo
 
 OCTET = "application/octet-stream"
 PUBLIC_PATHS = frozenset({"/healthz", "/openapi.json"})
@@ -169,7 +169,7 @@ class ProxyApi:
             given.strip().encode(), self.token.encode()
         )
 
-    def lookup(self, item_ids: list[str], version: str | None):
+    def lookup(self, item_ids: list[str], version: str | None) -> BatchResult:
         """One `get_many`: the version is resolved once for the whole answer."""
         if len(item_ids) > self.max_batch_items:
             raise ApiError(

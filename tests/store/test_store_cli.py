@@ -8,7 +8,10 @@ import sys
 import httpx
 import numpy as np
 
+from idproxy.cli import build_parser
+from idproxy.settings import load_settings
 from store import ProxyStore
+from store import cli as store_cli
 
 
 def cli(*args: str, env_path: str) -> subprocess.CompletedProcess:
@@ -41,13 +44,15 @@ def test_versions_publish_rollback_get_gc(tmp_path):
     assert bad.returncode == 2 and "unknown version" in bad.stdout
 
 
-def test_serve_refuses_a_public_host_without_a_token(tmp_path):
+def test_serve_refuses_a_public_host_without_a_token(tmp_path, capsys):
     path = str(tmp_path / "db")
     ProxyStore(path, dim=4).close()
-    out = cli("serve", "--host", "0.0.0.0", "--port", "0", env_path=path)
-    assert out.returncode == 2
-    assert "refusing to serve on 0.0.0.0 without an API token" in out.stdout
-    assert "IDPROXY_STORE_API_TOKEN" in out.stdout
+    args = build_parser().parse_args(["store", "--path", path, "serve", "--host", "0.0.0.0"])
+    settings = load_settings(model={"id_dim": 4}, store={"api_token": None})
+    assert store_cli.run(args, settings) == 2
+    out = capsys.readouterr().out
+    assert "refusing to serve on 0.0.0.0 without an API token" in out
+    assert "IDPROXY_STORE_API_TOKEN" in out
 
 
 def test_serve_with_a_token_on_all_interfaces_never_logs_it(tmp_path):
