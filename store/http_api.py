@@ -7,7 +7,7 @@ Endpoints (errors are JSON ``{"error": <kind>, "reason": <text>}``)::
                                             -> {version, found, corrupt, p_coarse, p_fine}
     GET  /v1/versions                       -> {active, previous, versions: [VersionInfo]}
     GET  /healthz                           -> {status: "ok", active_version}   (no token)
-    GET  /metrics                           -> Prometheus text format
+    GET  /metrics                           -> Prometheus text format            (no token)
     GET  /openapi.json                      -> the OpenAPI document              (no token)
 
 Binary batch: with ``Accept: application/octet-stream`` the batch answers (little-endian)::
@@ -24,7 +24,7 @@ either side and ``numpy.frombuffer`` reads it without a copy. The values are bit
 to the JSON answer (float32 -> JSON double -> float32 is exact).
 
 Bodies over ``max_request_bytes`` get 413, batches over ``max_batch_items`` 400. With a
-``token``, every route but /healthz and /openapi.json needs ``Authorization: Bearer <token>``
+``token``, every route but /healthz, /metrics and /openapi.json needs ``Authorization: Bearer <token>``
 (else 401); ``store.api_server.make_server`` refuses a non-loopback host without one. The store is a secondary
 (read-only) instance that catches up at most once per ``refresh_interval_s``; each request
 resolves its version once (one pointer read), so one answer never mixes two versions.
@@ -56,7 +56,7 @@ from store.errors import StoreError, UnknownVersionError, VersionStateError
 from store.proxy_store import BatchResult, ProxyStore, VersionInfo
 
 OCTET = "application/octet-stream"
-PUBLIC_PATHS = frozenset({"/healthz", "/openapi.json"})
+PUBLIC_PATHS = frozenset({"/healthz", "/metrics", "/openapi.json"})  # no proxy data
 
 
 class BatchRequest(BaseModel):

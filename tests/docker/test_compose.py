@@ -28,6 +28,7 @@ from idproxy.settings import Settings
 ROOT = Path(__file__).resolve().parents[2]
 DOCKER = ROOT / "docker"
 COMPOSE = DOCKER / "compose.yaml"
+API_TOKEN = "compose-test-token"
 GPU = DOCKER / "compose.gpu.yaml"
 EXTERNAL_KAFKA = DOCKER / "compose.external-kafka.yaml"
 DOCKERFILE = DOCKER / "Dockerfile"
@@ -49,12 +50,13 @@ MIN_COMPOSE = (2, 24)  # optional env_file entries and !reset in the override fi
 
 
 # ------------------------------------------------------------------ compose binary
-def _clean_env(**extra: str) -> dict[str, str]:
+def _clean_env(**extra: str | None) -> dict[str, str]:
     """The environment without IDPROXY_*/COMPOSE_* (they would change the resolved model)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("IDPROXY_", "COMPOSE_"))}
     env["IDPROXY_ENV_FILE"] = str(DOCKER / "no-such-local.env")  # ignore a developer's local.env
+    env["IDPROXY_API_TOKEN"] = API_TOKEN  # required by compose.yaml (the api binds 0.0.0.0)
     env.update(extra)
-    return env
+    return {k: v for k, v in env.items() if v is not None}
 
 
 def _is_executable_binary(path: Path) -> bool:
@@ -117,7 +119,7 @@ def needs_compose() -> tuple[str, ...]:
     return cmd
 
 
-def run_compose(files: list[Path], *args: str, **env: str) -> subprocess.CompletedProcess:
+def run_compose(files: list[Path], *args: str, **env: str | None) -> subprocess.CompletedProcess:
     cmd = needs_compose()
     file_args = [a for f in files for a in ("-f", str(f))]
     return subprocess.run(
@@ -142,13 +144,14 @@ def resolved(*files: Path, **env: str) -> dict:
 
 
 # ------------------------------------------------------------------ raw YAML model
-_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?-)([^}]*))?\}")
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}")
 
 
 def _interpolate(value):
     """Compose-style ${VAR}, ${VAR:-default}, ${VAR-default} with every variable unset."""
     if isinstance(value, str):
-        return _VAR.sub(lambda m: m.group(3) or "", value)
+        # ${VAR:-default} -> default; ${VAR:?message} (required) -> "" here
+        return _VAR.sub(lambda m: (m.group(3) or "") if "-" in (m.group(2) or "-") else "", value)
     if isinstance(value, list):
         return [_interpolate(v) for v in value]
     if isinstance(value, dict):
@@ -577,3 +580,16 @@ def test_build_context_is_an_allow_list_without_weights():
     assert patterns[0] == "*"
     for suffix in (".safetensors", ".gguf", ".pth"):
         assert f"**/*{suffix}" in patterns
+
+
+def test_the_api_needs_a_token_from_the_environment():
+    """The api binds 0.0.0.0 inside its container, so compose refuses to start without
+    IDPROXY_API_TOKEN (the server itself would refuse to bind without a token)."""
+    api = environment(raw_model()["services"]["api"])
+    assert api["IDPROXY_STORE_HTTP_HOST"] == "0.0.0.0"
+    raw = load_yaml(COMPOSE)["services"]["api"]["environment"]["IDPROXY_STORE_API_TOKEN"]
+    assert raw.startswith("${IDPROXY_API_TOKEN:?")
+    assert environment(resolved(COMPOSE)["services"]["api"])["IDPROXY_STORE_API_TOKEN"] == API_TOKEN
+    out = run_compose([COMPOSE], "config", "--format", "json", IDPROXY_API_TOKEN=None)
+    assert out.returncode != 0
+    assert "IDPROXY_API_TOKEN" in out.stderr
