@@ -19,6 +19,10 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "load": ("benchmarks.bench_load", "stepped upload ramp: freshness p50/p99, sustainable rate"),
     "trainer": ("benchmarks.bench_trainer", "online trainer loop samples/s vs a bare PyTorch loop"),
     "online": ("benchmarks.bench_online", "online IDProxy vs ID-only ranker, per seed and warm-up"),
+    "serve": (
+        "benchmarks.bench_serve",
+        "read API under load (locust): FastAPI/uvicorn vs the legacy stdlib server",
+    ),
     "content-probe": (
         "benchmarks.bench_content_probe",
         "ceiling check: AUC on new items of a ridge from content vs side features to item CTR",
