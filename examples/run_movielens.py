@@ -58,7 +58,9 @@ class Replay:
 
 def build_replay(ratings: int, history_len: int, batch_size: int) -> Replay:
     """The first ``ratings`` ratings (0 = all) as batches; history = the user's last
-    ``history_len`` clicks (rating ≥ 4) before the sample, left-padded with item 0."""
+    ``history_len`` clicks (rating ≥ 4) before the sample, left-padded with item 0.
+    ``n_item``: the target's ratings before the sample; ``n_hist``: each history item's
+    ratings before the batch (what a feature pipeline's counter holds at request time)."""
     ml = load_movielens()
     n = len(ml.users) if ratings <= 0 else min(ratings, len(ml.users))
     users, items, labels = ml.users[:n], ml.items[:n], ml.labels[:n]

@@ -1,7 +1,9 @@
 """examples/: the plain ranker, its IDProxy version and the MovieLens runner, end to end.
 
 The runner is run with ``--tiny``: a real ProxyStore, the real read API on a loopback port
-and the client. Whether IDProxy wins is a measurement (docs/ADOPTION.md), not asserted.
+and the client. About 30 s once the tiny encoder's token states are cached under
+~/.cache/idproxy/features (the first run on a machine adds about a minute). Whether
+IDProxy wins is a measurement (docs/ADOPTION.md), not asserted.
 """
 
 from __future__ import annotations
