@@ -204,6 +204,9 @@ class Materializer:
             max_records=2000,
         )
         messages = [m for records in polled.values() for m in records]
+        # proxies first (a stable sort keeps each partition's order): after a death, a
+        # VersionCommit handled alone is then committed after its version's records
+        messages.sort(key=lambda m: m.topic == self.topics.control)
         try:
             if messages:
                 self.quarantine.handle(messages, self._apply, self.producer.flush, self.dlq.send)
