@@ -93,6 +93,12 @@ class KafkaSettings(BaseModel):
     ssl_cafile: str | None = None
     ssl_certfile: str | None = None
     ssl_keyfile: str | None = None
+    quarantine_deaths: int = Field(
+        3,
+        ge=1,
+        description="A record that killed its consumer (the proxy worker, the materializer) "
+        "this many times alone is dead-lettered",
+    )
     stream_stall_s: float = Field(
         15.0, description="Processor: re-read a partition idle this long short of its end"
     )
@@ -135,11 +141,6 @@ class WorkerSettings(BaseModel):
     )
     image_draft_side: int = Field(
         512, description="JPEGs decode at a reduced DCT scale keeping both sides >= this"
-    )
-    quarantine_deaths: int = Field(
-        3,
-        ge=1,
-        description="A record that killed the worker this many times alone is dead-lettered",
     )
     image_root: str | None = Field(
         None, description="Directory that image_path events may read from; None rejects paths"

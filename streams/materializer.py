@@ -15,6 +15,13 @@ vector of another width, a missing array) is dead-lettered with the exception's 
 message; a version's batch that fails is written record by record, so only the culprits
 go to ``dlq``.
 
+A record that kills the process outright (a native crash in the store, the OOM killer) is
+caught by the crash-loop quarantine (``streams/quarantine.py``): each batch's partitions
+get an in-flight marker in their committed-offset metadata before the store is written;
+after a death the next owner writes that range one record at a time, each committed on
+its own, and a record that killed it ``IDPROXY_KAFKA_QUARANTINE_DEATHS`` times alone goes
+to ``dlq`` with the reason "killed its consumer N times".
+
 A replica with an empty store and a fresh consumer group rebuilds every retained version
 from the compacted topics (``--group`` names the group; ``--from-beginning`` forces it).
 """
@@ -51,13 +58,16 @@ class Materializer:
 
         from streams.dlq import DeadLetterSink
         from streams.kafka_config import common_config, consumer_config, producer_config
+        from streams.quarantine import AssignmentListener, CrashQuarantine
         from streams.topics import ensure_topics, subscribe
 
         self.settings = settings
         self.store = store
         self.topics = ensure_topics(settings, common_config(settings, broker))
         self.consumer = KafkaConsumer(**consumer_config(settings, broker, group_id))
-        subscribe(self.consumer, [self.topics.proxies, self.topics.control])
+        self.quarantine = CrashQuarantine(self.consumer, settings.kafka.quarantine_deaths)
+        listener = AssignmentListener(f"materializer {group_id}", self.quarantine)
+        subscribe(self.consumer, [self.topics.proxies, self.topics.control], listener)
         self.producer = KafkaProducer(**producer_config(settings, broker))
         self.dlq = DeadLetterSink(self.producer, self.topics.dlq, component="materializer")
         self.pending: dict[str, int] = {}  # version -> expected items, until published
@@ -128,6 +138,12 @@ class Materializer:
                         )
                         self.dlq.send(row[2], reason)
 
+    def _apply(self, messages: list) -> None:
+        """Writes ``messages`` and publishes the versions they complete (a record handled
+        alone is committed right after, so its version must not wait for the batch)."""
+        self._write(messages)
+        self._publish_ready()
+
     def _write_version(self, version: str, rows: list) -> None:
         """Writes (header, arrays, message) rows of one version in one store batch."""
         import numpy as np
@@ -166,9 +182,12 @@ class Materializer:
     def step(self, timeout_ms: int = 500) -> int:
         """One poll -> write -> publish -> commit cycle; returns the messages handled.
 
-        When the disk refuses a write (full, read-only, I/O error) nothing is committed:
-        the consumer goes back to its committed offsets, the store is reopened and the
-        batch is retried after a back-off, so the process stays up and loses nothing.
+        The batch goes through the crash-loop quarantine (:meth:`CrashQuarantine.handle`):
+        records handled alone after a death are committed one by one, the rest at the end.
+        When the disk refuses a write (full, read-only, I/O error) nothing more is
+        committed: the consumer goes back to its committed offsets, the store is reopened
+        and the batch is retried after a back-off, so the process stays up and loses
+        nothing.
         """
         from store.errors import StoreIOError
 
@@ -185,9 +204,12 @@ class Materializer:
             max_records=2000,
         )
         messages = [m for records in polled.values() for m in records]
+        # proxies first (a stable sort keeps each partition's order): after a death, a
+        # VersionCommit handled alone is then committed after its version's records
+        messages.sort(key=lambda m: m.topic == self.topics.control)
         try:
             if messages:
-                self._write(messages)
+                self.quarantine.handle(messages, self._apply, self.producer.flush, self.dlq.send)
             self._publish_ready()
         except StoreIOError as exc:
             self._back_off(exc)
@@ -196,6 +218,7 @@ class Materializer:
         if messages:
             self.producer.flush()
             commit_or_log(self.consumer)
+            self.quarantine.committed_all()
             if self.stats_file is not None and len(self.freshness) != self.stats_items:
                 self.write_stats()  # only when an item became servable for the first time
         return len(messages)
@@ -223,12 +246,16 @@ class Materializer:
         os.replace(tmp, self.stats_file)
 
     def run(self, *, idle_exit_s: float | None = None) -> None:
-        """Loops until SIGTERM/SIGINT or ``idle_exit_s`` without input."""
+        """Loops until SIGTERM/SIGINT or ``idle_exit_s`` without input.
+
+        Idle time counts only while the materializer owns partitions: a join that waits out
+        a dead member's session is not "no input" (as in the worker).
+        """
         idle_since = time.time()
         try:
             with stop_signals(self._on_signal):
                 while not self.stopping:
-                    if self.step():
+                    if self.step() or not self.consumer.assignment():
                         idle_since = time.time()
                     elif idle_exit_s is not None and time.time() - idle_since > idle_exit_s:
                         break

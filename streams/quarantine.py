@@ -18,16 +18,24 @@ offset (any consumer of the group, on any host, sees it after a rebalance or res
 
 A consumer that stops with a Python exception (not a death) clears its markers first
 (:meth:`CrashQuarantine.clear`), so a failure that is not about the record (a broken model,
-the broker) never quarantines records. A kill from outside (SIGKILL, the fault drill)
-leaves a marker: the next owner goes through that one batch record by record, and nothing
-is dead-lettered unless the same record dies alone ``max_deaths`` times.
+a full disk, the broker) never quarantines records. A kill from outside (SIGKILL, the fault
+drill) leaves a marker: the next owner goes through that one batch record by record, and
+nothing is dead-lettered unless the same record dies alone ``max_deaths`` times.
+
+Consumers with the quarantine: the proxy worker (``streams/worker.py``) and the
+materializer (``streams/materializer.py``). Both call :meth:`CrashQuarantine.handle` on
+each polled batch and subscribe with an :class:`AssignmentListener`; the setting is
+``kafka.quarantine_deaths`` (``IDPROXY_KAFKA_QUARANTINE_DEATHS``).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
+
+from kafka import ConsumerRebalanceListener
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +125,41 @@ class CrashQuarantine:
     def reason(self, message) -> str:
         return f"killed its consumer {self.deaths(message)} times"
 
+    # ------------------------------------------------------------------ handling
+    def handle(
+        self,
+        messages: list,
+        process: Callable[[list], None],
+        flush: Callable[[], None],
+        dead_letter: Callable[[object, str], None],
+    ) -> None:
+        """Runs ``process`` on ``messages`` under the quarantine (no final commit).
+
+        Records whose previous handling killed a consumer go first (they come before any
+        batch record of their partition), one at a time, each behind its own marker: a
+        doomed one goes to ``dead_letter(message, reason)`` instead, and after each one
+        ``flush()`` makes its output durable and its offset is committed. The rest go to
+        one ``process`` call behind one marker per partition; the caller flushes and
+        commits them, then calls :meth:`committed_all`. An exception (not a death) clears
+        the markers, so no record is blamed, and propagates.
+        """
+        batch, alone = self.split(messages)
+        try:
+            for message in alone:
+                if self.doomed(message):
+                    dead_letter(message, self.reason(message))
+                else:
+                    self.mark([message])
+                    process([message])
+                flush()
+                self.done(message)
+            if batch:
+                self.mark(batch)
+                process(batch)
+        except Exception:
+            self.clear()
+            raise
+
     # ------------------------------------------------------------------ writing
     def mark(self, messages: list) -> None:
         """Commits an in-flight marker per partition of ``messages`` (before handling)."""
@@ -164,3 +207,24 @@ class CrashQuarantine:
         from streams.lifecycle import commit_or_log
 
         return commit_or_log(self.consumer, offsets)
+
+
+class AssignmentListener(ConsumerRebalanceListener):
+    """Logs the partitions a consumer owns after every rebalance ("worker w1 assigned
+    partitions [0, 1]", parsed by benchmarks/bench_load.py) and makes its quarantine read
+    the in-flight markers of the new assignment."""
+
+    def __init__(self, name: str, quarantine: CrashQuarantine) -> None:
+        self.name = name
+        self.quarantine = quarantine
+
+    def on_partitions_revoked(self, revoked) -> None:
+        pass
+
+    def on_partitions_assigned(self, assigned) -> None:
+        one_topic = len({tp.topic for tp in assigned}) <= 1  # the worker: "[0, 1]"
+        parts = sorted(
+            tp.partition if one_topic else f"{tp.topic}/{tp.partition}" for tp in assigned
+        )
+        log.info("%s assigned partitions %s", self.name, parts)
+        self.quarantine.on_assigned()

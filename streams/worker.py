@@ -16,7 +16,7 @@ Per micro-batch (at most ``batch_max_items``, waiting at most ``batch_max_wait_m
 Before step 1 the batch's partitions get an in-flight marker in their committed-offset
 metadata (``streams/quarantine.py``): a record that kills the process outright is handled
 alone after a restart and dead-lettered ("killed its consumer N times") after
-``IDPROXY_WORKER_QUARANTINE_DEATHS`` deaths, instead of a crash loop.
+``IDPROXY_KAFKA_QUARANTINE_DEATHS`` deaths, instead of a crash loop.
 
 So processing is at least once: a crash before the commit re-delivers the batch, and the
 re-produced records are identical (deterministic model, same version), which the
@@ -30,8 +30,6 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-
-from kafka import ConsumerRebalanceListener
 
 from idproxy.settings import Settings
 from streams.lifecycle import commit_or_log, poll_or_wait, stop_signals
@@ -58,7 +56,7 @@ class ProxyWorker:
         from proxy_model.vision import ImageLimits
         from streams.dlq import DeadLetterSink
         from streams.kafka_config import consumer_config, producer_config
-        from streams.quarantine import CrashQuarantine
+        from streams.quarantine import AssignmentListener, CrashQuarantine
         from streams.topics import ensure_topics, subscribe
 
         self.settings = settings
@@ -67,14 +65,13 @@ class ProxyWorker:
         self.consumer = KafkaConsumer(
             client_id=client_id, **consumer_config(settings, broker, settings.worker.group_id)
         )
-        self._assignments = _AssignmentLog(client_id)
-        subscribe(self.consumer, [self.topics.items], self._assignments)
+        self.quarantine = CrashQuarantine(self.consumer, settings.kafka.quarantine_deaths)
+        listener = AssignmentListener(f"worker {client_id}", self.quarantine)
+        subscribe(self.consumer, [self.topics.items], listener)
         self.producer = KafkaProducer(client_id=client_id, **producer_config(settings, broker))
         self.dlq = DeadLetterSink(self.producer, self.topics.dlq, component="worker")
         self.stats = WorkerStats()
         self.image_limits = ImageLimits.from_settings(settings.worker)
-        self.quarantine = CrashQuarantine(self.consumer, settings.worker.quarantine_deaths)
-        self._assignments.quarantine = self.quarantine
         self.stopping = False
         self._announced: set[str] = set()
         self._metrics = _Metrics(settings.worker.metrics_port, settings.metrics_host)
@@ -174,28 +171,6 @@ class ProxyWorker:
         for out, group in zip(outputs, groups, strict=True):
             self._produce(out, [e for e, _, _ in group])
 
-    def _handle(self, messages: list) -> None:
-        """``process`` under the crash-loop quarantine (streams/quarantine.py): records
-        whose previous handling killed a worker go one at a time, each behind its own
-        in-flight marker, and a record that killed it ``quarantine_deaths`` times alone is
-        dead-lettered; the rest go as one batch behind one marker per partition."""
-        batch, alone = self.quarantine.split(messages)
-        try:
-            for message in alone:  # first: they come before any batch record of their partition
-                if self.quarantine.doomed(message):
-                    self.dlq.send(message, self.quarantine.reason(message))
-                else:
-                    self.quarantine.mark([message])
-                    self.process([message])
-                self.producer.flush()
-                self.quarantine.done(message)
-            if batch:
-                self.quarantine.mark(batch)
-                self.process(batch)
-        except Exception:
-            self.quarantine.clear()  # an exception is not a death: no record is blamed
-            raise
-
     def _model_works(self) -> bool:
         """True when the model encodes a plain text-only probe item (so a failure on one
         item was about that item)."""
@@ -278,7 +253,9 @@ class ProxyWorker:
                     started = time.time()
                     if self.stats.first_batch_at is None:
                         self.stats.first_batch_at = started
-                    self._handle(messages)
+                    self.quarantine.handle(
+                        messages, self.process, self.producer.flush, self.dlq.send
+                    )
                     self.producer.flush()  # durable first ...
                     commit_or_log(self.consumer)  # ... then the offsets
                     self.quarantine.committed_all()
@@ -303,23 +280,6 @@ class ProxyWorker:
         self.producer.flush()
         self.producer.close()
         self.consumer.close(autocommit=False)
-
-
-class _AssignmentLog(ConsumerRebalanceListener):
-    """Logs the partitions this worker owns after every rebalance."""
-
-    def __init__(self, client_id: str) -> None:
-        self.client_id = client_id
-        self.quarantine = None  # the worker's CrashQuarantine, re-reads markers per rebalance
-
-    def on_partitions_revoked(self, revoked) -> None:
-        pass
-
-    def on_partitions_assigned(self, assigned) -> None:
-        parts = sorted(tp.partition for tp in assigned)
-        log.info("worker %s assigned partitions %s", self.client_id, parts)
-        if self.quarantine is not None:
-            self.quarantine.on_assigned()
 
 
 def _read_image_path(path: str, root: str | None, max_bytes: int) -> bytes:

@@ -271,7 +271,7 @@ def test_a_record_that_kills_the_worker_is_quarantined_after_n_deaths(kafka_sett
             kafka_broker,
             "4",
             module="tests.streams.killer_worker",
-            env={"IDPROXY_WORKER_QUARANTINE_DEATHS": "2"},
+            env={"IDPROXY_KAFKA_QUARANTINE_DEATHS": "2"},
         )
         outputs.append(proc.finish(timeout=180))
         codes.append(proc.proc.returncode)
@@ -283,3 +283,56 @@ def test_a_record_that_kills_the_worker_is_quarantined_after_n_deaths(kafka_sett
     assert letter.reason == "killed its consumer 2 times"
     assert bytes(letter.value_b64) == killer[1] and bytes(letter.key_b64) == b"killer"
     assert letter.component == "worker" and letter.source_topic == topics.items
+
+
+def test_a_record_that_kills_the_materializer_is_quarantined_after_n_deaths(
+    kafka_settings, kafka_broker
+):
+    """Crash-loop quarantine in the materializer: its store kills the process
+    (``os._exit``) on any write that holds one item. The first death is in a batch; the
+    restarted materializer writes that batch one record at a time (each committed), dies on
+    the item alone twice, and the next restart dead-letters it with "killed its consumer 2
+    times", stores the ten others and publishes their version. A plain materializer of the
+    same group then finds nothing left to handle."""
+    from tests.streams.killer_materializer import KILL_CODE, KILL_ITEM
+
+    topics = ensure_topics(kafka_settings, common_config(kafka_settings, kafka_broker))
+    dim = kafka_settings.model.id_dim
+    rng = np.random.default_rng(2)
+    good = {f"g{k}": {"p_coarse": rng.standard_normal(dim).astype(np.float32)} for k in range(10)}
+    for arrays in good.values():
+        arrays["p_fine"] = -arrays["p_coarse"]
+    frames = [(f"v1/{i}".encode(), _proxy_frame(i, "v1", a)) for i, a in good.items()]
+    killer = (f"v1/{KILL_ITEM}".encode(), _proxy_frame(KILL_ITEM, "v1", good["g0"]))
+    produce(kafka_settings, kafka_broker, topics.proxies, frames[:5] + [killer] + frames[5:])
+    commit = VersionCommit(version="v1", expected_items=10)
+    produce(kafka_settings, kafka_broker, topics.control, [(b"v1", to_json(commit))])
+    codes, outputs = [], []
+    while len(codes) < 6 and (not codes or codes[-1] != 0):
+        proc = CliProcess(
+            kafka_settings,
+            kafka_broker,
+            "quarantine-test",
+            "3",
+            module="tests.streams.killer_materializer",
+            env={"IDPROXY_KAFKA_QUARANTINE_DEATHS": "2"},
+        )
+        outputs.append(proc.finish(timeout=120))
+        codes.append(proc.proc.returncode)
+    log = "\n---\n".join(o[-1500:] for o in outputs)
+    assert codes == [KILL_CODE, KILL_CODE, KILL_CODE, 0], log
+    assert "1 dead letters" in outputs[-1], log
+    with ProxyStore(kafka_settings.store.path, dim=dim) as store:
+        assert store.active_version() == "v1", log
+        plain = Materializer(kafka_settings, kafka_broker, store, group_id="quarantine-test")
+        plain.run(idle_exit_s=2)
+        assert (plain.written, plain.pending, plain.dlq.count) == (0, {}, 0)  # all committed
+        assert store.version_info("v1").item_count == 10
+        got = store.get_many(sorted(good) + [KILL_ITEM])
+        assert got.found.tolist() == [True] * 10 + [False]
+        want = np.stack([good[i]["p_coarse"] for i in sorted(good)])
+        np.testing.assert_array_equal(got.p_coarse[:10], want)
+    (letter,) = _letters(kafka_settings, kafka_broker, topics)
+    assert letter.reason == "killed its consumer 2 times"
+    assert bytes(letter.value_b64) == killer[1] and bytes(letter.key_b64) == killer[0]
+    assert letter.component == "materializer" and letter.source_topic == topics.proxies
