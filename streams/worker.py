@@ -35,6 +35,7 @@ from idproxy.settings import Settings
 from streams.lifecycle import commit_or_log, poll_or_wait, stop_signals
 
 log = logging.getLogger(__name__)
+SLOW_BATCH_S = 5.0  # a batch slower than this is logged with where its time went
 
 
 @dataclass
@@ -249,18 +250,32 @@ class ProxyWorker:
                         elif idle_exit_s is not None and time.time() - idle_since > idle_exit_s:
                             break
                         continue
-                    self.service.refresh()  # newer heads (re-proxy, realign) for new items
                     started = time.time()
+                    self.service.refresh()  # newer heads (re-proxy, realign) for new items
                     if self.stats.first_batch_at is None:
                         self.stats.first_batch_at = started
+                    handled = time.time()
                     self.quarantine.handle(
                         messages, self.process, self.producer.flush, self.dlq.send
                     )
+                    flushed = time.time()
                     self.producer.flush()  # durable first ...
+                    committed = time.time()
                     commit_or_log(self.consumer)  # ... then the offsets
                     self.quarantine.committed_all()
                     self.stats.finished_at = time.time()
                     took = self.stats.finished_at - started
+                    if took > SLOW_BATCH_S:
+                        log.warning(
+                            "slow batch: %d records in %.1f s (heads refresh %.1f s, "
+                            "encode+produce %.1f s, flush %.1f s, commit %.1f s)",
+                            len(messages),
+                            took,
+                            handled - started,
+                            flushed - handled,
+                            committed - flushed,
+                            self.stats.finished_at - committed,
+                        )
                     self.stats.batches += 1
                     self.stats.batch_seconds.append(took)
                     self.stats.dead_letters = self.dlq.count
