@@ -264,18 +264,9 @@ def test_a_record_that_kills_the_worker_is_quarantined_after_n_deaths(kafka_sett
     good = [(str(i).encode(), item_event(i)) for i in range(10)]
     killer = (b"killer", item_event("killer", title="kill me"))
     produce(kafka_settings, kafka_broker, topics.items, good[:5] + [killer] + good[5:])
-    codes, outputs = [], []
-    while len(codes) < 6 and (not codes or codes[-1] != 0):
-        proc = CliProcess(
-            kafka_settings,
-            kafka_broker,
-            "4",
-            module="tests.streams.killer_worker",
-            env={"IDPROXY_KAFKA_QUARANTINE_DEATHS": "2"},
-        )
-        outputs.append(proc.finish(timeout=180))
-        codes.append(proc.proc.returncode)
-    log = "\n---\n".join(o[-1500:] for o in outputs)
+    codes, outputs, log = _restart_until_clean_exit(
+        kafka_settings, kafka_broker, "tests.streams.killer_worker", ["4"], timeout=180
+    )
     assert codes == [KILL_CODE, KILL_CODE, KILL_CODE, 0], log
     assert "1 dead letters" in outputs[-1], log
     assert _proxied(kafka_settings, kafka_broker, topics) == {str(i) for i in range(10)}
@@ -307,19 +298,13 @@ def test_a_record_that_kills_the_materializer_is_quarantined_after_n_deaths(
     produce(kafka_settings, kafka_broker, topics.proxies, frames[:5] + [killer] + frames[5:])
     commit = VersionCommit(version="v1", expected_items=10)
     produce(kafka_settings, kafka_broker, topics.control, [(b"v1", to_json(commit))])
-    codes, outputs = [], []
-    while len(codes) < 6 and (not codes or codes[-1] != 0):
-        proc = CliProcess(
-            kafka_settings,
-            kafka_broker,
-            "quarantine-test",
-            "3",
-            module="tests.streams.killer_materializer",
-            env={"IDPROXY_KAFKA_QUARANTINE_DEATHS": "2"},
-        )
-        outputs.append(proc.finish(timeout=120))
-        codes.append(proc.proc.returncode)
-    log = "\n---\n".join(o[-1500:] for o in outputs)
+    codes, outputs, log = _restart_until_clean_exit(
+        kafka_settings,
+        kafka_broker,
+        "tests.streams.killer_materializer",
+        ["quarantine-test", "3"],
+        timeout=120,
+    )
     assert codes == [KILL_CODE, KILL_CODE, KILL_CODE, 0], log
     assert "1 dead letters" in outputs[-1], log
     with ProxyStore(kafka_settings.store.path, dim=dim) as store:
@@ -336,3 +321,18 @@ def test_a_record_that_kills_the_materializer_is_quarantined_after_n_deaths(
     assert letter.reason == "killed its consumer 2 times"
     assert bytes(letter.value_b64) == killer[1] and bytes(letter.key_b64) == killer[0]
     assert letter.component == "materializer" and letter.source_topic == topics.proxies
+
+
+def _restart_until_clean_exit(
+    settings, broker, module: str, args: list[str], timeout: float
+) -> tuple[list[int], list[str], str]:
+    """Runs ``python -m module args`` with 2 quarantine deaths, again after each death, until
+    it exits 0 (at most 6 runs) -> (exit codes, outputs, their joined tails for messages)."""
+    codes, outputs = [], []
+    while len(codes) < 6 and (not codes or codes[-1] != 0):
+        proc = CliProcess(
+            settings, broker, *args, module=module, env={"IDPROXY_KAFKA_QUARANTINE_DEATHS": "2"}
+        )
+        outputs.append(proc.finish(timeout=timeout))
+        codes.append(proc.proc.returncode)
+    return codes, outputs, "\n---\n".join(o[-1500:] for o in outputs)
