@@ -33,13 +33,13 @@ from __future__ import annotations
 import argparse
 import json
 import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from idproxy.client import ProxyAPIError, ProxyClient
 from idproxy.demo_faults import DemoBroker, fault_schedule, inject
 from idproxy.demo_golive import bootstrap, run_to_end
-from idproxy.settings import Settings, load_settings
+from idproxy.settings import Settings
 
 # the head widths of ProxyService.tiny(), so trainer and realign bundles fit tiny workers
 TINY_HEADS = {"IDPROXY_MODEL_COARSE_HIDDEN": "16", "IDPROXY_MODEL_ADAPTOR_HIDDEN": "16"}
@@ -150,7 +150,7 @@ def make_plan(args: argparse.Namespace, settings: Settings) -> Plan:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    from idproxy.demo_report import write_report
+    from idproxy.demo_report import count_dead_letters, write_report
     from idproxy.supervisor import ChildFailed, Supervisor
     from streams.broker import free_port
 
@@ -180,19 +180,23 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             # "new" by age: one dataset day, in compressed wall-clock seconds
             "IDPROXY_TRAINER_NEW_ITEM_AGE_S": str(86400 / plan.speed),
         }
+        token = settings.store.api_token  # the api child reads the same settings
+        api = ProxyClient(
+            f"http://127.0.0.1:{port}", token.get_secret_value() if token else None, retries=0
+        )
         started = time.time()
         try:
-            with Supervisor(plan.run_dir / "logs", env) as sup:
+            with Supervisor(plan.run_dir / "logs", env) as sup, api:
                 _start_components(sup, plan, settings)
                 replay = ["publish", "movielens", "--limit", str(plan.ratings), "--restamp"]
                 replay += ["--upload-lead-days", str(plan.upload_lead_days)]
                 replay += ["--history", str(plan.history)]
-                _launch_catalogue(sup, plan, settings, port, replay)
+                _launch_catalogue(sup, plan, settings, api, replay)
                 bootstrap(sup, plan, settings, broker, replay)
                 _start_trainers(sup, plan, settings)
                 live_from = time.time()
-                _replay(sup, plan, settings, port, broker, replay)
-                _drain(sup, plan, settings, port)
+                _replay(sup, plan, settings, api, broker, replay)
+                _drain(sup, plan, settings, api)
                 _stop_in_order(sup)
                 malformed = _published(sup).get("malformed", 0)
             dlq = count_dead_letters(settings, broker.current, env["IDPROXY_KAFKA_TOPIC_PREFIX"])
@@ -266,7 +270,7 @@ def _start_trainers(sup, plan: Plan, settings: Settings) -> None:
 
 
 def _replay(
-    sup, plan: Plan, settings: Settings, port: int, broker: DemoBroker, replay: list[str]
+    sup, plan: Plan, settings: Settings, api: ProxyClient, broker: DemoBroker, replay: list[str]
 ) -> None:
     """Runs the publisher of the live part and prints progress until it has sent every
     event; with ``kill_each``, SIGKILLs and restarts one component after another meanwhile."""
@@ -294,7 +298,7 @@ def _replay(
             victims, kill_at = victims[1:], kill_at[1:]
         sup.check_alive([n for n in sup.children if n != "publisher"])
         if time.time() - last_progress >= settings.demo.progress_every_s:
-            _progress(plan, port, "replay")
+            _progress(plan, api, "replay")
             last_progress = time.time()
     for victim in victims:  # the replay was faster than planned: finish the drill
         inject(sup, victim, broker, settings)
@@ -303,7 +307,9 @@ def _replay(
     sup.stop("publisher")  # done: no longer watched
 
 
-def _launch_catalogue(sup, plan: Plan, settings: Settings, port: int, replay: list[str]) -> None:
+def _launch_catalogue(
+    sup, plan: Plan, settings: Settings, api: ProxyClient, replay: list[str]
+) -> None:
     """Uploads the launch catalogue (items uploaded by go-live) and waits, at most
     ``catalogue_timeout_s``, until it is servable: the system goes live with its catalogue
     proxied, as a production launch would after a backfill, and the clicks start then.
@@ -314,7 +320,7 @@ def _launch_catalogue(sup, plan: Plan, settings: Settings, port: int, replay: li
     """
     run_to_end(sup, "catalogue", [*replay, "--part", "catalogue"])
     end, last = time.time() + plan.catalogue_timeout_s, 0.0
-    while (servable := _servable(port)[0]) < len(plan.catalogue):
+    while (servable := _servable(api)[0]) < len(plan.catalogue):
         sup.check_alive()
         if time.time() >= end:
             print(
@@ -324,7 +330,7 @@ def _launch_catalogue(sup, plan: Plan, settings: Settings, port: int, replay: li
             )
             break
         if time.time() - last >= settings.demo.progress_every_s:
-            _progress(plan, port, "catalogue")
+            _progress(plan, api, "catalogue")
             last = time.time()
         time.sleep(1)
     print(f"demo: launch catalogue servable ({servable} items); starting the clicks", flush=True)
@@ -336,12 +342,12 @@ def _published(sup) -> dict:
     return json.loads(lines[-1]) if lines else {}
 
 
-def _drain(sup, plan: Plan, settings: Settings, port: int) -> None:
+def _drain(sup, plan: Plan, settings: Settings, api: ProxyClient) -> None:
     """Waits until both trainers saw every click and every item is servable."""
     end = time.time() + plan.drain_timeout_s
     while time.time() < end:
         sup.check_alive()
-        state = _progress(plan, port, "catch-up")
+        state = _progress(plan, api, "catch-up")
         if min(state["samples"].values()) >= plan.clicks and state["servable"] >= plan.items:
             return
         time.sleep(settings.demo.progress_every_s)
@@ -356,14 +362,14 @@ def _stop_in_order(sup) -> None:
         sup.stop(name, grace_s=60)
 
 
-def _progress(plan: Plan, port: int, phase: str) -> dict:
+def _progress(plan: Plan, api: ProxyClient, phase: str) -> dict:
     """Prints one progress line; returns {servable, samples: {variant: n}}."""
     samples, aucs = {}, {}
     for variant in ("idproxy", "id-only"):
         line = _last_metrics(plan.run_dir / f"trainer-{variant}" / "metrics.jsonl")
         samples[variant] = line.get("samples", 0)
         aucs[variant] = line.get("auc_new")
-    servable, active = _servable(port)
+    servable, active = _servable(api)
     auc = " vs ".join(f"{v} {a:.3f}" if a is not None else f"{v} -" for v, a in aucs.items())
     print(
         f"[{phase}] items servable {servable}/{plan.items} (version {active}) | samples trained "
@@ -380,37 +386,12 @@ def _last_metrics(path: Path) -> dict:
     return json.loads(lines[-1]) if lines else {}
 
 
-def _servable(port: int) -> tuple[int, str | None]:
-    """Items in the active version, read through the store's HTTP API."""
-    token = load_settings().store.api_token  # the api child sees the same settings
-    headers = {"Authorization": f"Bearer {token.get_secret_value()}"} if token else {}
-    req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/versions", headers=headers)
+def _servable(api: ProxyClient) -> tuple[int, str | None]:
+    """(items in the active version, its name), read through the store's read API."""
     try:
-        with urllib.request.urlopen(req, timeout=5) as r:
-            body = json.loads(r.read())
-    except OSError:
+        body = api.versions()
+    except ProxyAPIError:  # not up yet, or restarting
         return 0, None
     active = body.get("active")
     counts = {v["version"]: v["item_count"] for v in body.get("versions", [])}
     return counts.get(active, 0), active
-
-
-def count_dead_letters(settings: Settings, broker, topic_prefix: str) -> int:
-    """Distinct rejected inputs on the run's ``dlq`` topic (read from the beginning until
-    idle). A component restarted by the fault drill may dead-letter the same input twice;
-    it is counted once, by its source topic, partition and offset."""
-    from kafka import KafkaConsumer
-
-    from streams.events import DeadLetter, parse_json
-    from streams.kafka_config import consumer_config
-
-    consumer = KafkaConsumer(f"{topic_prefix}dlq", **consumer_config(settings, broker, None))
-    sources, idle_since = set(), time.time()
-    while time.time() - idle_since < 3:
-        for records in consumer.poll(timeout_ms=500).values():
-            for r in records:
-                letter = parse_json(r.value, DeadLetter)
-                sources.add((letter.source_topic, letter.partition, letter.offset))
-            idle_since = time.time()
-    consumer.close()
-    return len(sources)

@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from pathlib import Path
 
 import numpy as np
 
+from idproxy.settings import Settings
 from trainer.streaming_metrics import auc_per_slice, exact_auc, time_stratified_auc
 
 VARIANTS = ("idproxy", "id-only")
@@ -236,3 +238,24 @@ def _plot(run_dir: Path, curves: dict, fresh: list[float]) -> None:
     fig.tight_layout()
     fig.savefig(run_dir / "freshness.png", dpi=120)
     plt.close(fig)
+
+
+def count_dead_letters(settings: Settings, broker, topic_prefix: str) -> int:
+    """Distinct rejected inputs on the run's ``dlq`` topic (read from the beginning until
+    idle). A component restarted by the fault drill may dead-letter the same input twice;
+    it is counted once, by its source topic, partition and offset."""
+    from kafka import KafkaConsumer
+
+    from streams.events import DeadLetter, parse_json
+    from streams.kafka_config import consumer_config
+
+    consumer = KafkaConsumer(f"{topic_prefix}dlq", **consumer_config(settings, broker, None))
+    sources, idle_since = set(), time.time()
+    while time.time() - idle_since < 3:
+        for records in consumer.poll(timeout_ms=500).values():
+            for r in records:
+                letter = parse_json(r.value, DeadLetter)
+                sources.add((letter.source_topic, letter.partition, letter.offset))
+            idle_since = time.time()
+    consumer.close()
+    return len(sources)
