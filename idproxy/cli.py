@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     if not args.verbose:  # client libraries are chatty at INFO
-        for noisy in ("kafka", "aiokafka", "faust", "mode"):
+        for noisy in ("kafka", "aiokafka", "faust", "mode", "httpx"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
     module = importlib.import_module(args._module)
     return int(module.run(args, load_settings()) or 0)
