@@ -57,6 +57,7 @@ class Materializer:
         from kafka import KafkaConsumer, KafkaProducer
 
         from streams.dlq import DeadLetterSink
+        from streams.inflight_markers import CommittedOffsetMarkers
         from streams.kafka_config import common_config, consumer_config, producer_config
         from streams.quarantine import AssignmentListener, CrashQuarantine
         from streams.topics import ensure_topics, subscribe
@@ -65,7 +66,9 @@ class Materializer:
         self.store = store
         self.topics = ensure_topics(settings, common_config(settings, broker))
         self.consumer = KafkaConsumer(**consumer_config(settings, broker, group_id))
-        self.quarantine = CrashQuarantine(self.consumer, settings.kafka.quarantine_deaths)
+        self.quarantine = CrashQuarantine(
+            CommittedOffsetMarkers(self.consumer), settings.kafka.quarantine_deaths
+        )
         listener = AssignmentListener(f"materializer {group_id}", self.quarantine)
         subscribe(self.consumer, [self.topics.proxies, self.topics.control], listener)
         self.producer = KafkaProducer(**producer_config(settings, broker))

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from idproxy.settings import Settings
+from streams.quarantine import CrashQuarantine
 
 log = logging.getLogger(__name__)
 
@@ -91,12 +92,38 @@ class RawRecord(NamedTuple):
         return cls(record.topic, record.partition, record.offset, record.key, record.value)
 
 
+async def isolated(handle, record: RawRecord, quarantine: CrashQuarantine, dead_letter) -> None:
+    """``await handle(record)`` behind its in-flight marker; ``await dead_letter(record,
+    reason)`` instead when the record killed the processor ``quarantine_deaths`` times
+    (crash-loop quarantine, one record at a time). Any failure of this one record
+    dead-letters it with the exception's type and message, and the stream goes on.
+    Failures not about the record (the broker, the disk) are raised: faust stops the agent
+    and the un-acknowledged record is read again after the restart."""
+    from streams.dlq import failure_reason, is_infrastructure_error
+
+    if quarantine.is_suspect(record) and quarantine.doomed(record):
+        log.error("%s/%d/%d: %s", *record[:3], quarantine.reason(record))
+        await dead_letter(record, quarantine.reason(record))
+        return
+    quarantine.mark([record])
+    try:
+        await handle(record)
+    except Exception as exc:
+        if is_infrastructure_error(exc):
+            raise
+        log.exception("record %s/%d/%d failed", record.topic, record.partition, record.offset)
+        await dead_letter(record, failure_reason(exc))
+    finally:  # handled, or stopping (not a death): the marker goes
+        quarantine.clear()
+
+
 def faust_credentials(settings: Settings):
     """The Kafka SASL/TLS settings as faust credentials (None for PLAINTEXT).
 
-    >>> from idproxy.settings import Settings
-    >>> faust_credentials(Settings()) is None
-    True
+        >>> from idproxy.settings import Settings
+    from streams.quarantine import CrashQuarantine
+        >>> faust_credentials(Settings()) is None
+        True
     """
     k = settings.kafka
     if k.security_protocol == "PLAINTEXT":
@@ -124,7 +151,7 @@ def build_app(settings: Settings, broker, datadir: Path):
     """The faust app with its topics, tables and agents (not started)."""
     import faust
 
-    from streams.dlq import DLQ_MAX_BYTES, failure_reason, is_infrastructure_error, letter_record
+    from streams.dlq import DLQ_MAX_BYTES, is_infrastructure_error, letter_record
     from streams.events import (
         MAX_CLICK_BYTES,
         Click,
@@ -134,6 +161,7 @@ def build_app(settings: Settings, broker, datadir: Path):
         parse_json,
         to_json,
     )
+    from streams.inflight_markers import FileMarkers
     from streams.kafka_config import common_config, consumer_config
     from streams.offset_gaps import OffsetGapFiller, kafka_range_reader
     from streams.topics import PROCESSOR_TABLES, ensure_topics
@@ -230,28 +258,18 @@ def build_app(settings: Settings, broker, datadir: Path):
         )
         await samples.send(key=doc["user_id"].encode(), value=to_json(sample))
 
-    async def isolated(handle, record: RawRecord) -> None:
-        """``handle(record)``; any failure of this one record dead-letters it with the
-        exception's type and message, and the stream goes on. Failures not about the
-        record (the broker, the disk) are raised: faust stops the agent and the
-        un-acknowledged record is read again after the restart."""
-        try:
-            await handle(record)
-        except Exception as exc:
-            if is_infrastructure_error(exc):
-                raise
-            log.exception("record %s/%d/%d failed", record.topic, record.partition, record.offset)
-            await dead_letter(record, failure_reason(exc))
+    def quarantine(agent: str) -> CrashQuarantine:
+        markers = FileMarkers(datadir / f"inflight-{agent}.json")
+        return CrashQuarantine(markers, settings.kafka.quarantine_deaths)
 
-    async def each_record(stream, handle) -> None:
+    async def each_record(stream, handle, quarantine: CrashQuarantine) -> None:
         """Runs ``handle`` on every record, first on any the stream skipped before it."""
         async for event in stream.events():
             m = event.message
             for skipped in gaps.missing(m.topic, m.partition, m.offset):
-                await isolated(handle, RawRecord.of(skipped))
-            await isolated(
-                handle, RawRecord(m.topic, m.partition, m.offset, event.key, event.value)
-            )
+                await isolated(handle, RawRecord.of(skipped), quarantine, dead_letter)
+            record = RawRecord(m.topic, m.partition, m.offset, event.key, event.value)
+            await isolated(handle, record, quarantine, dead_letter)
 
     watched = {topics.clicks, topics.clicks_by_item}
     stall_s = settings.kafka.stream_stall_s
@@ -272,7 +290,7 @@ def build_app(settings: Settings, broker, datadir: Path):
 
     @app.agent(clicks)
     async def with_history(stream):
-        await each_record(stream, add_history)
+        await each_record(stream, add_history, quarantine("with-history"))
 
     @app.agent(items)
     async def remember_uploads(stream):
@@ -291,7 +309,7 @@ def build_app(settings: Settings, broker, datadir: Path):
 
     @app.agent(by_item)
     async def with_item_state(stream):
-        await each_record(stream, add_item_state)
+        await each_record(stream, add_item_state, quarantine("with-item-state"))
 
     return app
 

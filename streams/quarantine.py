@@ -2,61 +2,65 @@
 native crash, ``os._exit``) is dead-lettered after N deaths instead of killing every
 restart.
 
-The state travels with the partition, in Kafka: the metadata string of the committed
-offset (any consumer of the group, on any host, sees it after a rebalance or restart).
-
-1. Before a batch is handled, each of its partitions gets an *in-flight marker*: the
-   committed offset stays at the batch's first record and its metadata says
-   ``{"inflight": [first, last], "deaths": k}``.
-2. After the batch's output is flushed, the normal commit moves the offset past the batch
-   with empty metadata, which clears the marker.
-3. A consumer that finds a marker on a partition it was given knows that its previous
-   owner died while handling that range. It then handles the range one record at a
-   time, each with its own marker (``[o, o]`` and the deaths of that record so far).
+1. Before records are handled, each of their partitions gets an *in-flight marker*
+   ``{"inflight": [first, last], "deaths": k}`` naming the offsets being handled.
+2. Once their output is durable, the marker is cleared.
+3. A consumer that finds a marker for a partition knows that a previous run died while
+   handling that range. It then handles the range one record at a time, each behind its
+   own marker (``[o, o]``, ``"alone": true`` and the deaths of that record so far).
 4. A record whose single-record marker is found ``max_deaths`` times is not handled
    again: it goes to ``dlq`` with the reason ``killed its consumer N times``.
+
+Where the markers live: ``streams/inflight_markers.py`` (committed-offset metadata for
+consumer groups, a file for the others).
 
 A consumer that stops with a Python exception (not a death) clears its markers first
 (:meth:`CrashQuarantine.clear`), so a failure that is not about the record (a broken model,
 a full disk, the broker) never quarantines records. A kill from outside (SIGKILL, the fault
-drill) leaves a marker: the next owner goes through that one batch record by record, and
+drill) leaves a marker: the next run goes through that one range record by record, and
 nothing is dead-lettered unless the same record dies alone ``max_deaths`` times.
 
-Consumers with the quarantine: the proxy worker (``streams/worker.py``) and the
-materializer (``streams/materializer.py``). Both call :meth:`CrashQuarantine.handle` on
-each polled batch and subscribe with an :class:`AssignmentListener`; the setting is
-``kafka.quarantine_deaths`` (``IDPROXY_KAFKA_QUARANTINE_DEATHS``).
+Consumers with the quarantine: the proxy worker and the materializer (:meth:`handle`, with
+committed-offset markers), the online trainer (:meth:`handle_in_order`, a file in its state
+folder) and the faust processor (one record at a time, a file per agent in its table
+folder). The setting is ``kafka.quarantine_deaths`` (``IDPROXY_KAFKA_QUARANTINE_DEATHS``).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from kafka import ConsumerRebalanceListener
+from kafka import ConsumerRebalanceListener, TopicPartition
+
+from streams.inflight_markers import Marker, Markers
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class _Suspect:
-    """A partition whose previous owner died in [start, end]."""
+    """A partition whose previous consumer died in [start, end]."""
 
+    start: int
     end: int
     deaths: dict[int, int] = field(default_factory=dict)  # offset -> deaths alone
 
 
-class CrashQuarantine:
-    """In-flight markers in committed-offset metadata, for one kafka-python consumer."""
+def _tp(message) -> TopicPartition:
+    return TopicPartition(message.topic, message.partition)
 
-    def __init__(self, consumer, max_deaths: int) -> None:
-        self.consumer = consumer
+
+class CrashQuarantine:
+    """In-flight markers around a consumer's record handling (see the module docstring)."""
+
+    def __init__(self, markers: Markers, max_deaths: int) -> None:
+        self.markers = markers
         self.max_deaths = max_deaths
-        self.suspects: dict = {}  # TopicPartition -> _Suspect
-        self.checked: set = set()  # partitions whose committed metadata was read
-        self.marked: dict = {}  # TopicPartition -> offset of its in-flight marker
+        self.suspects: dict[TopicPartition, _Suspect] = {}
+        self.checked: set[TopicPartition] = set()  # partitions whose marker was read
+        self.marked: dict[TopicPartition, int] = {}  # partition -> first offset marked
 
     def on_assigned(self) -> None:
         """Call after every rebalance: markers are read again for the new assignment."""
@@ -64,59 +68,44 @@ class CrashQuarantine:
         self.suspects.clear()
 
     # ------------------------------------------------------------------ reading
-    def _check(self, tp) -> None:
+    def _check(self, tp: TopicPartition) -> None:
         if tp in self.checked:
             return
         self.checked.add(tp)
-        from kafka.errors import KafkaError
-
-        try:
-            committed = self.consumer.committed(tp, metadata=True)
-        except KafkaError as exc:
-            log.warning("could not read the in-flight marker of %s: %s", tp, exc)
+        marker = self.markers.read(tp)
+        if marker is None:
             return
-        if committed is None or not committed.metadata:
-            return
-        try:
-            marker = json.loads(committed.metadata)
-            start, end = (int(x) for x in marker["inflight"])
-            deaths = int(marker["deaths"])
-            alone = bool(marker.get("alone", False))
-        except (ValueError, KeyError, TypeError):
-            return  # not ours
-        if committed.offset != start:
-            return
-        alone = alone and start == end
-        suspect = _Suspect(end=end)
+        alone = marker.alone and marker.start == marker.end
+        suspect = _Suspect(marker.start, marker.end)
         if alone:  # it died on this record handled alone: the record's own death
-            suspect.deaths[start] = deaths + 1
+            suspect.deaths[marker.start] = marker.deaths + 1
         self.suspects[tp] = suspect
         log.warning(
             "%s: the previous consumer died handling offsets %d..%d (%s); handling them "
             "one record at a time",
             tp,
-            start,
-            end,
-            f"record {start} alone: {deaths + 1} death(s)" if alone else "a batch",
+            marker.start,
+            marker.end,
+            f"record {marker.start} alone: {marker.deaths + 1} death(s)" if alone else "a batch",
         )
+
+    def is_suspect(self, message) -> bool:
+        """Was ``message`` in flight when a previous consumer died?"""
+        tp = _tp(message)
+        self._check(tp)
+        suspect = self.suspects.get(tp)
+        return suspect is not None and suspect.start <= message.offset <= suspect.end
 
     def split(self, messages: list) -> tuple[list, list]:
         """(records to handle as a batch, records to handle one at a time)."""
-        from kafka import TopicPartition
-
         batch, alone = [], []
         for m in messages:
-            tp = TopicPartition(m.topic, m.partition)
-            self._check(tp)
-            suspect = self.suspects.get(tp)  # kept: deaths() needs it while handling
-            (alone if suspect is not None and m.offset <= suspect.end else batch).append(m)
+            (alone if self.is_suspect(m) else batch).append(m)
         return batch, alone
 
     def deaths(self, message) -> int:
         """How many times this record, handled alone, killed its consumer."""
-        from kafka import TopicPartition
-
-        suspect = self.suspects.get(TopicPartition(message.topic, message.partition))
+        suspect = self.suspects.get(_tp(message))
         return 0 if suspect is None else suspect.deaths.get(message.offset, 0)
 
     def doomed(self, message) -> bool:
@@ -133,24 +122,22 @@ class CrashQuarantine:
         flush: Callable[[], None],
         dead_letter: Callable[[object, str], None],
     ) -> None:
-        """Runs ``process`` on ``messages`` under the quarantine (no final commit).
+        """Runs ``process`` on ``messages`` under the quarantine (no final commit), for a
+        consumer group that commits after each batch.
 
         Records whose previous handling killed a consumer go first (they come before any
-        batch record of their partition), one at a time, each behind its own marker: a
-        doomed one goes to ``dead_letter(message, reason)`` instead, and after each one
-        ``flush()`` makes its output durable and its offset is committed. The rest go to
-        one ``process`` call behind one marker per partition; the caller flushes and
-        commits them, then calls :meth:`committed_all`. An exception (not a death) clears
-        the markers, so no record is blamed, and propagates.
+        batch record of their partition, whose committed offset is the marker's), one at a
+        time, each behind its own marker: a doomed one goes to ``dead_letter(message,
+        reason)`` instead, and after each one ``flush()`` makes its output durable and its
+        offset is committed. The rest go to one ``process`` call behind one marker per
+        partition; the caller flushes and commits them, then calls :meth:`committed_all`.
+        An exception (not a death) clears the markers, so no record is blamed, and
+        propagates.
         """
         batch, alone = self.split(messages)
         try:
             for message in alone:
-                if self.doomed(message):
-                    dead_letter(message, self.reason(message))
-                else:
-                    self.mark([message])
-                    process([message])
+                self._one(message, process, dead_letter)
                 flush()
                 self.done(message)
             if batch:
@@ -160,53 +147,85 @@ class CrashQuarantine:
             self.clear()
             raise
 
+    def handle_in_order(
+        self,
+        messages: list,
+        process: Callable[[list], None],
+        dead_letter: Callable[[object, str], None],
+        in_flight: list = (),
+    ) -> None:
+        """Runs ``process`` on ``messages`` in their order under the quarantine, for a
+        consumer whose output is durable when ``process`` returns, or pipelined: records
+        in ``in_flight`` (given to an earlier ``process`` call, not finished) stay covered
+        by the marker. Suspect records are handled one at a time, with the runs of other
+        records between them as batches. The markers stay set after the call (the next
+        call replaces them); :meth:`clear` them when nothing is in flight any more."""
+        try:
+            if not any(self.is_suspect(m) for m in messages):
+                self.mark([*in_flight, *messages])
+                process(messages)
+                return
+            run: list = []
+            for m in messages:
+                if not self.is_suspect(m):
+                    run.append(m)
+                    continue
+                if run:
+                    self.mark(run)
+                    process(run)
+                    run = []
+                self._one(m, process, dead_letter)
+            if run:
+                self.mark(run)
+                process(run)
+        except Exception:
+            self.clear()
+            raise
+
+    def _one(self, message, process, dead_letter) -> None:
+        if self.doomed(message):
+            log.error(
+                "%s@%d %s: dead-lettered",
+                _tp(message),
+                message.offset,
+                self.reason(message),
+            )
+            dead_letter(message, self.reason(message))
+        else:
+            self.mark([message])
+            process([message])
+
     # ------------------------------------------------------------------ writing
     def mark(self, messages: list) -> None:
-        """Commits an in-flight marker per partition of ``messages`` (before handling)."""
-        from kafka import TopicPartition
-        from kafka.structs import OffsetAndMetadata
-
-        ranges: dict = {}
+        """Sets an in-flight marker per partition of ``messages`` (before handling)."""
+        ranges: dict[TopicPartition, tuple[int, int]] = {}
         for m in messages:
-            tp = TopicPartition(m.topic, m.partition)
+            tp = _tp(m)
             lo, hi = ranges.get(tp, (m.offset, m.offset))
             ranges[tp] = (min(lo, m.offset), max(hi, m.offset))
         alone = len(messages) == 1
-        offsets = {}
-        for tp, (lo, hi) in ranges.items():
-            marker = {"inflight": [lo, hi], "deaths": self.deaths(messages[0]) if alone else 0}
-            if alone:
-                marker["alone"] = True
-            offsets[tp] = OffsetAndMetadata(lo, json.dumps(marker, separators=(",", ":")), -1)
-        if self._commit(offsets):
-            self.marked.update({tp: om.offset for tp, om in offsets.items()})
+        deaths = self.deaths(messages[0]) if alone else 0
+        markers = {tp: Marker(lo, hi, deaths, alone) for tp, (lo, hi) in ranges.items()}
+        if self.markers.write(markers):
+            self.marked.update({tp: m.start for tp, m in markers.items()})
 
     def done(self, message) -> None:
-        """Commits past one record handled alone (its output already flushed)."""
-        from kafka import TopicPartition
-        from kafka.structs import OffsetAndMetadata
-
-        tp = TopicPartition(message.topic, message.partition)
-        if self._commit({tp: OffsetAndMetadata(message.offset + 1, "", -1)}):
+        """Moves past one record handled alone (its output already durable)."""
+        tp = _tp(message)
+        if self.markers.release({tp: message.offset + 1}):
             self.marked.pop(tp, None)
 
     def committed_all(self) -> None:
-        """The normal commit (empty metadata) cleared every marker."""
+        """The caller's normal commit (empty metadata) moved past every marker."""
+        self.markers.released_by_commit(list(self.marked))
         self.marked.clear()
 
     def clear(self) -> None:
-        """Removes this consumer's markers without moving the offsets (it is stopping
-        with an exception: not a death caused by a record)."""
-        from kafka.structs import OffsetAndMetadata
-
+        """Removes this consumer's markers without moving the offsets (the work is done,
+        or it is stopping with an exception: not a death caused by a record)."""
         if self.marked:
-            self._commit({tp: OffsetAndMetadata(o, "", -1) for tp, o in self.marked.items()})
+            self.markers.release(dict(self.marked))
             self.marked.clear()
-
-    def _commit(self, offsets: dict) -> bool:
-        from streams.lifecycle import commit_or_log
-
-        return commit_or_log(self.consumer, offsets)
 
 
 class AssignmentListener(ConsumerRebalanceListener):

@@ -56,6 +56,7 @@ class ProxyWorker:
 
         from proxy_model.vision import ImageLimits
         from streams.dlq import DeadLetterSink
+        from streams.inflight_markers import CommittedOffsetMarkers
         from streams.kafka_config import consumer_config, producer_config
         from streams.quarantine import AssignmentListener, CrashQuarantine
         from streams.topics import ensure_topics, subscribe
@@ -66,7 +67,9 @@ class ProxyWorker:
         self.consumer = KafkaConsumer(
             client_id=client_id, **consumer_config(settings, broker, settings.worker.group_id)
         )
-        self.quarantine = CrashQuarantine(self.consumer, settings.kafka.quarantine_deaths)
+        self.quarantine = CrashQuarantine(
+            CommittedOffsetMarkers(self.consumer), settings.kafka.quarantine_deaths
+        )
         listener = AssignmentListener(f"worker {client_id}", self.quarantine)
         subscribe(self.consumer, [self.topics.items], listener)
         self.producer = KafkaProducer(client_id=client_id, **producer_config(settings, broker))

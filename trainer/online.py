@@ -289,7 +289,9 @@ class OnlineTrainer(TrainerCore):
         from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
         from streams.dlq import DeadLetterSink
+        from streams.inflight_markers import FileMarkers
         from streams.kafka_config import common_config, consumer_config, producer_config
+        from streams.quarantine import CrashQuarantine
         from streams.topics import ensure_topics, partitions_for
 
         t = settings.trainer
@@ -310,6 +312,9 @@ class OnlineTrainer(TrainerCore):
             for p in partitions_for(self.consumer, self.topics.samples)
         ]
         self.consumer.assign(self.partitions)
+        self.quarantine = CrashQuarantine(
+            FileMarkers(self.state_dir / "inflight.json"), settings.kafka.quarantine_deaths
+        )
         self.ckpts = CheckpointDir(self.state_dir, keep=t.checkpoints_kept)
         self.checkpoints = 0
         self.last_checkpoint: str | None = None
@@ -458,7 +463,7 @@ class OnlineTrainer(TrainerCore):
                     messages = self._poll_batch()
                     consumed, started = self.consumed, time.time()
                     # a quiet poll trains the batch in flight at once
-                    n = self.feed(messages) if messages else self.flush()
+                    n = self._handle(messages) if messages else self._flush_all()
                     if messages:
                         idle_since = time.time()
                     if self.consumed == consumed:  # no batch finished
@@ -486,13 +491,49 @@ class OnlineTrainer(TrainerCore):
                         self.checkpoint()
                         dirty = False
             consumed = self.consumed
-            self.flush()  # the batch in flight, if the loop stopped with one
+            self._flush_all()  # the batch in flight, if the loop stopped with one
             if dirty or self.consumed != consumed:
                 self.checkpoint()
             self.report()
             return self.summary()
+        except Exception:
+            self.quarantine.clear()  # not a record's fault: nobody is blamed
+            raise
         finally:
             self.close()
+
+    def _handle(self, messages: list) -> int:
+        """``feed(messages)`` under the crash-loop quarantine: the records in flight (this
+        batch and the one it trains) behind a marker; after a death, the records it covered
+        one at a time, each trained at once, and one that died alone ``quarantine_deaths``
+        times dead-lettered."""
+        trained = 0
+        step = self.feed
+        if any(self.quarantine.is_suspect(m) for m in messages):
+            trained += self._flush_all()
+            step = self.process
+
+        def run(records: list) -> None:
+            nonlocal trained
+            trained += step(records)
+
+        self.quarantine.handle_in_order(
+            messages, run, self._quarantined, in_flight=self.in_flight or []
+        )
+        return trained
+
+    def _flush_all(self) -> int:
+        """Trains the batch in flight; nothing is in flight any more, so no marker."""
+        trained = self.flush()
+        self.quarantine.clear()
+        return trained
+
+    def _quarantined(self, message, reason: str) -> None:
+        self.offsets[message.partition] = max(
+            self.offsets.get(message.partition, 0), message.offset + 1
+        )
+        self.consumed += 1
+        self._reject(message, reason)
 
     def _due(self, last_at: float, every_s: float, every_batches: int) -> bool:
         return (every_batches > 0 and self.batches % every_batches == 0) or (

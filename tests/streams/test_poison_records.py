@@ -323,15 +323,54 @@ def test_a_record_that_kills_the_materializer_is_quarantined_after_n_deaths(
     assert letter.component == "materializer" and letter.source_topic == topics.proxies
 
 
+def test_a_sample_that_kills_the_trainer_is_quarantined_after_n_deaths(
+    kafka_settings, kafka_broker, tmp_path
+):
+    """Crash-loop quarantine in the online trainer (markers in a file of its state folder;
+    it restarts from its checkpoint, not from a committed offset): it kills its process on
+    any batch that holds one sample. The first death is in a batch; the restarted trainer
+    trains the records in flight one at a time, dies on the sample alone twice, and the
+    next restart dead-letters it with "killed its consumer 2 times" and trains on every
+    other sample exactly once."""
+    from tests.online.killer_trainer import KILL_CODE, KILL_SAMPLE
+    from tests.online.synthetic import sample_messages, samples
+
+    topics = ensure_topics(kafka_settings, common_config(kafka_settings, kafka_broker))
+    data = samples(60, 6, 10)
+    data[30] = data[30].model_copy(update={"sample_id": KILL_SAMPLE})
+    messages = sample_messages(data)
+    produce(kafka_settings, kafka_broker, topics.samples, messages)
+    codes, outputs, log = _restart_until_clean_exit(
+        kafka_settings,
+        kafka_broker,
+        "tests.online.killer_trainer",
+        [str(tmp_path / "state"), "3"],
+        timeout=120,
+        env={"IDPROXY_TRAINER_ONLINE_BATCH_SIZE": "25", "IDPROXY_TRAINER_THREADS": "1"},
+    )
+    assert codes == [KILL_CODE, KILL_CODE, KILL_CODE, 0], log
+    assert "1 dead letters" in outputs[-1], log
+    summary = json.loads(outputs[-1].strip().splitlines()[-1])
+    assert summary["samples"] == 59, log
+    (letter,) = _letters(kafka_settings, kafka_broker, topics)
+    assert letter.reason == "killed its consumer 2 times"
+    assert bytes(letter.value_b64) == messages[30][1]
+    assert letter.component == "trainer" and letter.source_topic == topics.samples
+
+
 def _restart_until_clean_exit(
-    settings, broker, module: str, args: list[str], timeout: float
+    settings, broker, module: str, args: list[str], timeout: float, env: dict | None = None
 ) -> tuple[list[int], list[str], str]:
     """Runs ``python -m module args`` with 2 quarantine deaths, again after each death, until
     it exits 0 (at most 6 runs) -> (exit codes, outputs, their joined tails for messages)."""
     codes, outputs = [], []
     while len(codes) < 6 and (not codes or codes[-1] != 0):
         proc = CliProcess(
-            settings, broker, *args, module=module, env={"IDPROXY_KAFKA_QUARANTINE_DEATHS": "2"}
+            settings,
+            broker,
+            *args,
+            module=module,
+            env={"IDPROXY_KAFKA_QUARANTINE_DEATHS": "2", **(env or {})},
         )
         outputs.append(proc.finish(timeout=timeout))
         codes.append(proc.proc.returncode)

@@ -1,0 +1,51 @@
+"""An id-only online trainer that kills its own process (``os._exit``) when it trains a
+batch holding the sample ``killer``: what a native crash in a kernel or the OOM killer
+does. The crash-loop quarantine test runs it again and again on the same state folder.
+
+``python -m tests.online.killer_trainer STATE_DIR IDLE_EXIT_S`` (settings and broker from
+the ``IDPROXY_*`` environment, as for ``idproxy trainer``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+KILL_CODE = 87
+KILL_SAMPLE = "killer"
+
+
+def main() -> int:
+    from idproxy.settings import load_settings
+    from streams.broker import external_broker
+    from trainer.online import OnlineTrainer
+
+    class KillingTrainer(OnlineTrainer):
+        def _train(self, messages, decoded):
+            if KILL_SAMPLE in decoded.sample_ids:
+                print(f"killing myself on a batch of {len(decoded.sample_ids)}", flush=True)
+                os._exit(KILL_CODE)
+            return super()._train(messages, decoded)
+
+    state_dir, idle_exit_s = Path(sys.argv[1]), float(sys.argv[2])
+    settings = load_settings()
+    trainer = KillingTrainer(
+        settings,
+        external_broker(settings),
+        variant="id-only",
+        state_dir=state_dir,
+        group="killer-trainer",
+        reproxy=False,
+        artifacts_dir=state_dir / "artifacts",
+    )
+    print("ready", flush=True)
+    summary = trainer.run(idle_exit_s=idle_exit_s)
+    print(f"stopped: {trainer.dlq.count} dead letters", flush=True)
+    print(json.dumps(summary), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
