@@ -2,7 +2,7 @@
 
 The live demo runs this comparison once, through the real pipeline, on a shared machine.
 This benchmark replays the same MovieLens-100K stream straight into
-``trainer.online.TrainerCore`` (the trainer's own parse → score → train code) for both
+``trainer.online_core.TrainerCore`` (the trainer's own parse → score → train code) for both
 variants and several seeds, so the difference can be told from seed noise:
 
 * samples in time order; history = the user's earlier clicks (rating ≥ 4), last L;
@@ -214,7 +214,7 @@ def replay_model(
     """
     from benchmarks.bench_trainer import model_and_optimizer
     from trainer.item_cache import ItemCache
-    from trainer.online import TrainerCore, fit_fine_normaliser
+    from trainer.online_core import TrainerCore, fit_fine_normaliser
 
     t = settings.trainer
     seeded = settings.model_copy(update={"trainer": t.model_copy(update={"online_seed": seed})})
@@ -240,7 +240,8 @@ def auc_table(scores, labels, interactions, tau: int) -> dict[str, float]:
     time-stratified (``0_by_time``)."""
     import numpy as np
 
-    from trainer.streaming_metrics import exact_auc, time_stratified_auc
+    from trainer.metrics import auc
+    from trainer.streaming_metrics import time_stratified_auc
 
     k = np.asarray(interactions)
     new = k < tau
@@ -250,15 +251,15 @@ def auc_table(scores, labels, interactions, tau: int) -> dict[str, float]:
         return time_stratified_auc(pred, buckets=10) or math.nan
 
     out = {
-        "all": exact_auc(scores, labels),
-        "warm": exact_auc(scores[k >= WARM_MIN], labels[k >= WARM_MIN]),
-        "new": exact_auc(scores[new], labels[new]),
+        "all": auc(labels, scores),
+        "warm": auc(labels[k >= WARM_MIN], scores[k >= WARM_MIN]),
+        "new": auc(labels[new], scores[new]),
         "new_by_time": by_time(new),
         "0_by_time": by_time(k == 0),
     }
     for lo, hi in BUCKETS:
         sel = (k >= lo) & (k <= (hi if hi is not None else k.max()))
-        out[bucket_label(lo, hi)] = exact_auc(scores[sel], labels[sel])
+        out[bucket_label(lo, hi)] = auc(labels[sel], scores[sel])
     return out
 
 

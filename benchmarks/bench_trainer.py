@@ -3,7 +3,7 @@
 Both sides train the same model (same seed, same settings) on the same mini-batches held
 in memory:
 
-* **trainer loop** — ``trainer.online.TrainerCore.feed`` as the trainer runs it: the sample
+* **trainer loop** — ``trainer.online_core.TrainerCore.feed`` as the trainer runs it: the sample
   decoder (JSON parsing and validation of each TrainingSample, de-duplication, id -> row;
   inline by default, or in its helper process decoding batch k+1 while batch k trains), ID-table
   growth, content gathering from the item cache, the forward/backward/Adam step, windowed
@@ -132,7 +132,7 @@ def world(args, settings):
 
 def model_and_optimizer(settings, variant: str, hidden: int):
     """A fresh OnlineRanker of ``variant`` with the trainer's settings, and its Adam."""
-    from trainer.online import attach_optimizer
+    from trainer.online_core import attach_optimizer
     from trainer.online_model import OnlineRanker, OnlineShape
 
     t, m = settings.trainer, settings.model
@@ -184,7 +184,7 @@ def paired_run(settings, variant, hidden, cache, chunks, *, block: int, bare_thr
     import torch
     import torch.nn.functional as F
 
-    from trainer.online import BatchBuilder, TrainerCore, decoder_state
+    from trainer.online_core import BatchBuilder, TrainerCore, decoder_state
     from trainer.sample_decoder import SampleDecoder
 
     model, optimizer = model_and_optimizer(settings, variant, hidden)

@@ -35,8 +35,8 @@ import torch
 
 from examples import adopt_idproxy, plain_ranker
 from idproxy.client import ProxyClient
+from trainer.metrics import auc
 from trainer.movielens import load_movielens
-from trainer.streaming_metrics import exact_auc
 
 VARIANTS = {"plain": plain_ranker, "idproxy": adopt_idproxy}
 NEW_ITEM_INTERACTIONS = 5  # a sample's item is "new" with fewer earlier ratings than this
@@ -266,7 +266,7 @@ def main(argv: list[str] | None = None) -> dict:
                 scores[variant], hit = run_variant(variant, seed, replay, args.dim, args.lr, client)
                 hit_rate = hit if variant == "idproxy" else hit_rate
                 for s, m in masks.items():
-                    per_seed[variant][s].append(exact_auc(scores[variant][m], replay.labels[m]))
+                    per_seed[variant][s].append(auc(replay.labels[m], scores[variant][m]))
                 aucs = {s: round(per_seed[variant][s][-1], 4) for s in SLICES}
                 print(f"seed {seed} {variant:8s} {aucs} ({time.time() - t0:.1f} s)", flush=True)
             first = slice(0, args.batch_size)  # scored before any training step

@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from idproxy.settings import Settings
-from trainer.streaming_metrics import auc_per_slice, exact_auc, time_stratified_auc
+from trainer.metrics import auc
+from trainer.streaming_metrics import auc_per_slice, time_stratified_auc
 
 VARIANTS = ("idproxy", "id-only")
 
@@ -80,8 +81,8 @@ def write_report(
             curves[v] = auc_over_time(pred, buckets=10)
             new = pred["is_new"]
             aucs[v] = {
-                "auc_all": _rounded(exact_auc(pred["score"], pred["label"])),
-                "auc_new": _rounded(exact_auc(pred["score"][new], pred["label"][new])),
+                "auc_all": _rounded(auc(pred["label"], pred["score"])),
+                "auc_new": _rounded(auc(pred["label"][new], pred["score"][new])),
                 "auc_new_by_decile": _rounded(time_stratified_auc(pred, buckets=10)),
                 "live_samples": int(len(new)),
                 "new_samples": int(new.sum()),
@@ -175,7 +176,7 @@ def around_switches(
             for v in VARIANTS:
                 p = preds[v]
                 sel = (p["ts"] >= lo) & (p["ts"] < hi)
-                aucs.append(exact_auc(p["score"][sel], p["label"][sel]))
+                aucs.append(auc(p["label"][sel], p["score"][sel]))
             row[f"delta_{name}"] = _rounded(aucs[0] - aucs[1])
         out.append(row)
     return out

@@ -96,8 +96,8 @@ class KafkaSettings(BaseModel):
     quarantine_deaths: int = Field(
         3,
         ge=1,
-        description="A record that killed its consumer (the proxy worker, the materializer) "
-        "this many times alone is dead-lettered",
+        description="A record that killed its consumer (proxy worker, materializer, "
+        "processor, trainer) this many times alone is dead-lettered",
     )
     stream_stall_s: float = Field(
         15.0, description="Processor: re-read a partition idle this long short of its end"

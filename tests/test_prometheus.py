@@ -7,7 +7,7 @@ import pytest
 from idproxy.settings import Settings
 from streams.broker import free_port
 from streams.worker import _Metrics as WorkerMetrics
-from trainer.online import _Metrics as TrainerMetrics
+from trainer.online_report import TrainerMetrics
 
 
 def test_metrics_host_defaults_to_loopback_and_reads_the_environment(monkeypatch):

@@ -1,4 +1,5 @@
-"""Offline CTR metrics: exact AUC (ties count 0.5), GAUC and LogLoss."""
+"""CTR metrics, the one home of each: exact AUC (ties count 0.5), GAUC and LogLoss
+(offline benches, the online trainer's windows, the demo report)."""
 
 from __future__ import annotations
 
@@ -10,21 +11,17 @@ def auc(labels: np.ndarray, scores: np.ndarray) -> float:
 
     labels [N] in {0, 1}, scores [N]. NaN when only one class is present.
     """
-    labels = np.asarray(labels, dtype=np.float64)
     scores = np.asarray(scores, dtype=np.float64)
-    n_pos = labels.sum()
-    n_neg = len(labels) - n_pos
+    positive = np.asarray(labels).astype(bool)
+    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
     if n_pos == 0 or n_neg == 0:
         return float("nan")
     order = np.argsort(scores, kind="mergesort")
-    sorted_scores = scores[order]
-    ranks = np.empty(len(scores), dtype=np.float64)
     # average rank (1-based) within each run of tied scores
-    starts = np.r_[0, np.flatnonzero(np.diff(sorted_scores)) + 1]
-    ends = np.r_[starts[1:], len(scores)]
-    for s, e in zip(starts, ends, strict=True):
-        ranks[order[s:e]] = (s + e + 1) / 2.0
-    return float((ranks[labels == 1].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+    _, first, counts = np.unique(scores[order], return_index=True, return_counts=True)
+    ranks = np.empty(len(scores), dtype=np.float64)
+    ranks[order] = np.repeat(first + (counts + 1) / 2.0, counts)
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
 
 
 def gauc(users: np.ndarray, labels: np.ndarray, scores: np.ndarray) -> float:

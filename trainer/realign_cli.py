@@ -70,8 +70,8 @@ def realign_once(settings: Settings, broker, args: argparse.Namespace) -> dict:
     from trainer.checkpoint import CheckpointDir, model_state
     from trainer.content import stage1_config
     from trainer.item_cache import ContentReader, ItemCache
-    from trainer.online import publish_proxies
     from trainer.realign import keep_continuity, realign_coarse_head
+    from trainer.reproxy import publish_proxies
 
     cache_dir = Path(settings.cache_dir)
     artifacts = Path(args.artifacts_dir or settings.model.artifacts_dir)

@@ -21,24 +21,7 @@ import math
 import numpy as np
 from numpy.typing import ArrayLike
 
-EPS = 1e-7
-
-
-def exact_auc(scores: np.ndarray, labels: np.ndarray) -> float:
-    """Mann–Whitney AUC with ties as 1/2; NaN when one class is missing."""
-    scores = np.asarray(scores, dtype=np.float64)
-    labels = np.asarray(labels).astype(bool)
-    n_pos, n_neg = int(labels.sum()), int((~labels).sum())
-    if n_pos == 0 or n_neg == 0:
-        return math.nan
-    order = np.argsort(scores, kind="mergesort")
-    sorted_scores = scores[order]
-    ranks = np.empty(len(scores), dtype=np.float64)
-    # average ranks over ties (1-based)
-    _, first, counts = np.unique(sorted_scores, return_index=True, return_counts=True)
-    avg = first + (counts + 1) / 2.0
-    ranks[order] = np.repeat(avg, counts)
-    return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+from trainer.metrics import auc, logloss
 
 
 class WindowedAUC:
@@ -73,14 +56,12 @@ class WindowedAUC:
         self._size = min(self.window, self._size + len(scores))
 
     def auc(self) -> float:
-        return exact_auc(self._scores[: self._size], self._labels[: self._size])
+        return auc(self._labels[: self._size], self._scores[: self._size])
 
     def logloss(self) -> float:
         if not self._size:
             return math.nan
-        p = np.clip(self._scores[: self._size], EPS, 1 - EPS)
-        y = self._labels[: self._size]
-        return float(-(y * np.log(p) + (1 - y) * np.log(1 - p)).mean())
+        return logloss(self._labels[: self._size], self._scores[: self._size])
 
     def __len__(self) -> int:
         return self._size
@@ -101,8 +82,8 @@ def auc_per_slice(
     out = []
     for part in np.array_split(np.arange(len(pred["label"])), buckets):
         mask = select[part]
-        auc = exact_auc(pred["score"][part][mask], pred["label"][part][mask])
-        out.append((auc, int(mask.sum())))
+        value = auc(pred["label"][part][mask], pred["score"][part][mask])
+        out.append((value, int(mask.sum())))
     return out
 
 

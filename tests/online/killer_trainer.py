@@ -21,17 +21,21 @@ def main() -> int:
     from idproxy.settings import load_settings
     from streams.broker import external_broker
     from trainer.online import OnlineTrainer
+    from trainer.online_core import TrainerCore
 
-    class KillingTrainer(OnlineTrainer):
-        def _train(self, messages, decoded):
-            if KILL_SAMPLE in decoded.sample_ids:
-                print(f"killing myself on a batch of {len(decoded.sample_ids)}", flush=True)
-                os._exit(KILL_CODE)
-            return super()._train(messages, decoded)
+    train = TrainerCore._train
+
+    def killing_train(self, messages, decoded):
+        if KILL_SAMPLE in decoded.sample_ids:
+            print(f"killing myself on a batch of {len(decoded.sample_ids)}", flush=True)
+            os._exit(KILL_CODE)
+        return train(self, messages, decoded)
+
+    TrainerCore._train = killing_train
 
     state_dir, idle_exit_s = Path(sys.argv[1]), float(sys.argv[2])
     settings = load_settings()
-    trainer = KillingTrainer(
+    trainer = OnlineTrainer(
         settings,
         external_broker(settings),
         variant="id-only",

@@ -15,7 +15,13 @@ from tests.online.synthetic import sample_messages, samples
 from trainer.checkpoint import CheckpointDir, Predictions, load_optimizer, model_state
 from trainer.growing_embedding import GrowingEmbedding
 from trainer.item_cache import ItemCache
-from trainer.online import BatchBuilder, TrainerCore, attach_optimizer, decoder_state, train_step
+from trainer.online_core import (
+    BatchBuilder,
+    TrainerCore,
+    attach_optimizer,
+    decoder_state,
+    train_step,
+)
 from trainer.online_model import Batch, OnlineRanker, OnlineShape
 from trainer.sample_decoder import SampleDecoder
 
@@ -196,16 +202,21 @@ def test_trainer_core_rejects_bad_records_drops_repeats_and_moves_past_both(deco
     settings = SETTINGS.model_copy(
         update={"trainer": SETTINGS.trainer.model_copy(update={"sample_decoder": decoder})}
     )
-    core = TrainerCore(settings, model, attach_optimizer(model, 1e-2), builder.cache)
+    rejected = []
+    core = TrainerCore(
+        settings,
+        model,
+        attach_optimizer(model, 1e-2),
+        builder.cache,
+        reject=lambda message, reason: rejected.append((message.offset, reason)),
+    )
     request.addfinalizer(core.close)
     good = [value for _, value in sample_messages(samples(20, n_users=5, n_items=8))]
     bad = [b"not json", b"\xff{", b'{"sample_id": "s", "label": 3}', None]
     values = good[:10] + bad + good[10:] + good[:5]  # the last 5 repeat earlier samples
-    rejected = []
-    core._reject = lambda message, reason: rejected.append((message.offset, reason))
     trained = core.process([Record(v, 0, k) for k, v in enumerate(values)])
     assert trained == 20 and core.samples == 20
-    assert [offset for offset, _ in rejected] == [10, 11, 12, 13]
+    assert [offset for offset, _ in rejected] == [10, 11, 12, 13] and core.rejected == 4
     assert all(reason for _, reason in rejected)
     assert core.offsets == {0: len(values)}  # the next offset is past the bad and the repeats
     assert int(model.item_table.counts.sum()) > 0
