@@ -134,7 +134,7 @@ class _StoreThread:
     ``freshness()`` is its item -> seconds from upload to servable."""
 
     def __init__(self, settings: Settings, broker, path: str) -> None:
-        from store.proxy_store import ProxyStore
+        from store import ProxyStore
         from streams.materializer import Materializer
 
         self.store = ProxyStore(path, dim=settings.model.id_dim)

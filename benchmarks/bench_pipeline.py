@@ -43,7 +43,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
     from proxy_model.encoder import ItemContent
     from proxy_model.service import ProxyService
-    from store.proxy_store import ProxyStore
+    from store import ProxyStore
     from streams.broker import broker_from_ladder
     from streams.events import Click, ItemUploaded, to_json
     from streams.kafka_config import producer_config

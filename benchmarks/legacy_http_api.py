@@ -37,8 +37,8 @@ from prometheus_client import (
 )
 from pydantic import BaseModel, Field, ValidationError
 
+from store.base import ProxyStoreProtocol
 from store.errors import StoreError, UnknownVersionError, VersionStateError
-from store.proxy_store import ProxyStore
 
 
 class BatchRequest(BaseModel):
@@ -60,7 +60,7 @@ class ProxyApi:
 
     def __init__(
         self,
-        store: ProxyStore,
+        store: ProxyStoreProtocol,
         *,
         max_request_bytes: int,
         max_batch_items: int,

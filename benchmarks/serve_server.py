@@ -25,7 +25,7 @@ ENV = "IDPROXY_BENCH_"
 
 
 def _open_api(legacy: bool):  # -> store.http_api.ProxyApi or the legacy one
-    from store.proxy_store import ProxyStore
+    from store import ProxyStore
 
     store = ProxyStore(os.environ[ENV + "STORE"], dim=int(os.environ[ENV + "DIM"]), read_only=True)
     cls = _legacy_api() if legacy else _fastapi_api()

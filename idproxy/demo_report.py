@@ -138,7 +138,7 @@ def _read_json(path: Path) -> dict:
 def _store_versions(plan) -> tuple[list[str], str | None, int, list[float]]:
     """(published versions, the active one, its item count, publish times of the coarse
     versions, i.e. the re-alignments) from the run's store."""
-    from store.proxy_store import ProxyStore
+    from store import ProxyStore
 
     path = plan.run_dir / "store"
     if not path.exists():
