@@ -35,7 +35,7 @@ import torch
 
 from examples import adopt_idproxy, plain_ranker
 from idproxy.client import ProxyClient
-from trainer.movielens import load_movielens
+from idproxy.movielens import load_movielens
 from trainer.streaming_metrics import exact_auc
 
 VARIANTS = {"plain": plain_ranker, "idproxy": adopt_idproxy}

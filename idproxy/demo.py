@@ -110,8 +110,8 @@ class Plan:
 
 def make_plan(args: argparse.Namespace, settings: Settings) -> Plan:
     """Counts the replayed items and picks the time compression for ``replay_s``."""
+    from idproxy.movielens import load_movielens
     from streams.publish import movielens_events
-    from trainer.movielens import load_movielens
 
     d = settings.demo
     data = load_movielens()

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from idproxy.movielens import load_movielens
 from idproxy.settings import Settings
 from proxy_model.alignment import preprocess_id_embeddings
 from proxy_model.encoder import ItemContent, MultimodalEncoder, build_default_encoder
@@ -28,7 +29,6 @@ from proxy_model.features import (
 )
 from proxy_model.heads import CoarseHead
 from proxy_model.stage1 import Stage1Config, fit_stage1
-from trainer.movielens import load_movielens
 
 log = logging.getLogger(__name__)
 
