@@ -68,7 +68,7 @@ def write_report(
     malformed: int,
     faults: dict[str, int],
 ) -> dict:
-    """Builds the summary of a finished demo run (``plan``: ``idproxy.demo.Plan``); AUCs
+    """Builds the summary of a finished demo run (``plan``: ``idproxy.demo_plan.Plan``); AUCs
     are over the live samples only (``live_from``: the wall-clock time go-live began)."""
     r = plan.run_dir
     trainers, curves, aucs = {}, {}, {}
