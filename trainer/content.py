@@ -114,7 +114,7 @@ def without_first_token(states: TokenStates) -> TokenStates:
     The first token is ``[BOS]``: in a causal LM its states are the same for every item
     and carry the LM's huge "attention sink" activations, so in a mean over the tokens it
     adds a constant of large norm divided by the item's length, i.e. a length feature
-    that swamps the content (the paper is silent; issue 16 §4). Masking it costs nothing
+    that swamps the content (the paper is silent). Masking it costs nothing
     and is label-free.
     """
     mask = states.mask.clone()

@@ -1,6 +1,6 @@
 """`idproxy align`: Stage-1 alignment on MovieLens-100K with real weights.
 
-Setup (issue 2):
+Setup:
 
 1. ID targets: a logistic-MF ID-only model trained on all click/non-click interactions;
    items with at least τ (``stage1.min_updates``) interactions are "warm" and get kept,
