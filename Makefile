@@ -16,5 +16,6 @@ test: setup
 	$(VENV)/bin/python -m pytest -q
 	IDPROXY_KAFKA_RUNG=4 $(VENV)/bin/python -m pytest -q -m smoke
 
+# ruff, then the layers and the no-cycles rule of pyproject.toml's [tool.importlinter]
 lint: setup
-	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check . && $(VENV)/bin/lint-imports --no-cache

@@ -105,8 +105,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     from rich.console import Console
     from rich.table import Table
 
+    from idproxy.movielens import load_movielens
     from trainer.data import make_split
-    from trainer.movielens import load_movielens
 
     t = settings.trainer
     seeds = args.seeds if args.seeds is not None else t.seeds

@@ -56,9 +56,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     from rich.console import Console
     from rich.table import Table
 
+    from idproxy.movielens import load_movielens
     from proxy_model.encoder import ItemContent
     from proxy_model.service import ProxyService
-    from trainer.movielens import load_movielens
 
     console = Console()
     service = ProxyService.tiny() if args.tiny else ProxyService.from_settings(settings)

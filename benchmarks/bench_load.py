@@ -134,7 +134,7 @@ class _StoreThread:
     ``freshness()`` is its item -> seconds from upload to servable."""
 
     def __init__(self, settings: Settings, broker, path: str) -> None:
-        from store.proxy_store import ProxyStore
+        from store import ProxyStore
         from streams.materializer import Materializer
 
         self.store = ProxyStore(path, dim=settings.model.id_dim)
@@ -455,9 +455,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from idproxy.movielens import load_movielens
     from idproxy.supervisor import ChildFailed
     from streams.broker import broker_from_ladder
-    from trainer.movielens import load_movielens
 
     console = Console()
     if max(args.workers) > settings.kafka.partitions:

@@ -98,8 +98,8 @@ def bucket_label(lo: int, hi: int | None) -> str:
 
 def replay_records(ratings: int, history_len: int) -> tuple[list[Record], list[int]]:
     """MovieLens in time order -> (TrainingSample records, earlier interactions per record)."""
+    from idproxy.movielens import load_movielens
     from streams.events import TrainingSample, to_json
-    from trainer.movielens import load_movielens
 
     ml = load_movielens()
     n = len(ml.users) if ratings <= 0 else min(ratings, len(ml.users))

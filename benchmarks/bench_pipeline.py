@@ -41,15 +41,15 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     from rich.console import Console
     from rich.table import Table
 
+    from idproxy.movielens import load_movielens
     from proxy_model.encoder import ItemContent
     from proxy_model.service import ProxyService
-    from store.proxy_store import ProxyStore
+    from store import ProxyStore
     from streams.broker import broker_from_ladder
     from streams.events import Click, ItemUploaded, to_json
     from streams.kafka_config import producer_config
     from streams.materializer import Materializer
     from streams.worker import ProxyWorker
-    from trainer.movielens import load_movielens
 
     service = ProxyService.tiny() if args.tiny else ProxyService.from_settings(settings)
     settings.model.id_dim = service.id_dim

@@ -88,7 +88,7 @@ class Writer:
     """The store's one primary: builds versions, publishes, rolls back."""
 
     def __init__(self, path: Path, items: int, dim: int) -> None:
-        from store.proxy_store import ProxyStore
+        from store import ProxyStore
 
         self.store = ProxyStore(path, dim=dim, retain_versions=3)
         self.items, self.dim, self.tag = items, dim, 0

@@ -39,9 +39,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     from rich.console import Console
     from rich.table import Table
 
+    from store import ProxyStore
     from store.api_server import make_server
     from store.http_api import ProxyApi
-    from store.proxy_store import ProxyStore
 
     dim = settings.model.id_dim
     rng = np.random.default_rng(0)

@@ -195,8 +195,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     import torch
     from tqdm import tqdm
 
+    from idproxy.movielens import load_movielens
     from trainer.data import make_split
-    from trainer.movielens import load_movielens
     from trainer.table1 import content_function, run_seed
     from trainer.variants import VARIANTS
 

@@ -1,6 +1,6 @@
-"""BASELINE ONLY for `idproxy bench serve`: the stdlib read API this project served before
-FastAPI + uvicorn (restored from commit 9888c19, ``store/http_api.py``). Not used in
-production and not maintained: it has no bearer token, no binary batches and no OpenAPI;
+"""BASELINE ONLY for `idproxy bench serve`: the read API's routes on the stdlib's
+``ThreadingHTTPServer`` (the same code as ``store/http_api.py`` at commit 9888c19). Not used
+in production and not maintained: it has no bearer token, no binary batches and no OpenAPI;
 the served API is ``store.http_api``.
 
 A small HTTP read API over a read-only `ProxyStore` (stdlib server, 127.0.0.1 by default).
@@ -37,8 +37,8 @@ from prometheus_client import (
 )
 from pydantic import BaseModel, Field, ValidationError
 
+from store.base import ProxyStoreProtocol
 from store.errors import StoreError, UnknownVersionError, VersionStateError
-from store.proxy_store import ProxyStore
 
 
 class BatchRequest(BaseModel):
@@ -60,7 +60,7 @@ class ProxyApi:
 
     def __init__(
         self,
-        store: ProxyStore,
+        store: ProxyStoreProtocol,
         *,
         max_request_bytes: int,
         max_batch_items: int,

@@ -9,7 +9,7 @@ instance of the store (environment ``IDPROXY_BENCH_*``). The tuning, explained i
 docs/STORE.md: access log off, ``--http h11`` (the only HTTP implementation installed: the
 faster ``httptools`` and ``uvloop`` are not dependencies), keep-alive 30 s so a client's
 connection is reused, and workers = CPU count so both cores serve on a 2-core machine.
-The legacy server is what it was: one ``ThreadingHTTPServer`` process, a thread per
+The legacy server runs as written: one ``ThreadingHTTPServer`` process, a thread per
 connection, HTTP/1.0 (one request per connection).
 """
 
@@ -25,7 +25,7 @@ ENV = "IDPROXY_BENCH_"
 
 
 def _open_api(legacy: bool):  # -> store.http_api.ProxyApi or the legacy one
-    from store.proxy_store import ProxyStore
+    from store import ProxyStore
 
     store = ProxyStore(os.environ[ENV + "STORE"], dim=int(os.environ[ENV + "DIM"]), read_only=True)
     cls = _legacy_api() if legacy else _fastapi_api()

@@ -35,8 +35,8 @@ import torch
 
 from examples import adopt_idproxy, plain_ranker
 from idproxy.client import ProxyClient
+from idproxy.movielens import load_movielens
 from trainer.metrics import auc
-from trainer.movielens import load_movielens
 
 VARIANTS = {"plain": plain_ranker, "idproxy": adopt_idproxy}
 NEW_ITEM_INTERACTIONS = 5  # a sample's item is "new" with fewer earlier ratings than this

@@ -9,12 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import time
-from typing import TYPE_CHECKING
 
+from idproxy.demo_plan import Plan
 from idproxy.settings import Settings
-
-if TYPE_CHECKING:  # (idproxy.demo imports this module)
-    from idproxy.demo import Plan
 
 
 class DemoBroker:

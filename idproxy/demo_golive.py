@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import json
 import time
-from typing import TYPE_CHECKING
 
+from idproxy.demo_plan import Plan
 from idproxy.settings import Settings
-
-if TYPE_CHECKING:  # (idproxy.demo imports this module)
-    from idproxy.demo import Plan
 
 
 def bootstrap(sup, plan: Plan, settings: Settings, broker, replay: list[str]) -> None:

@@ -69,7 +69,7 @@ def write_report(
     malformed: int,
     faults: dict[str, int],
 ) -> dict:
-    """Builds the summary of a finished demo run (``plan``: ``idproxy.demo.Plan``); AUCs
+    """Builds the summary of a finished demo run (``plan``: ``idproxy.demo_plan.Plan``); AUCs
     are over the live samples only (``live_from``: the wall-clock time go-live began)."""
     r = plan.run_dir
     trainers, curves, aucs = {}, {}, {}
@@ -139,7 +139,7 @@ def _read_json(path: Path) -> dict:
 def _store_versions(plan) -> tuple[list[str], str | None, int, list[float]]:
     """(published versions, the active one, its item count, publish times of the coarse
     versions, i.e. the re-alignments) from the run's store."""
-    from store.proxy_store import ProxyStore
+    from store import ProxyStore
 
     path = plan.run_dir / "store"
     if not path.exists():

@@ -1,5 +1,10 @@
-"""The RocksDB versioned proxy store (`ProxyStore`) and its HTTP read API."""
+"""The versioned proxy store and its HTTP read API.
 
+``store.base.ProxyStoreProtocol`` is the contract; ``ProxyStore`` (``store.rocksdb_store``)
+implements it on RocksDB; ``open_store(settings)`` builds it from the settings.
+"""
+
+from store.base import BatchResult, ProxyRecord, ProxyStoreProtocol, VersionInfo
 from store.errors import (
     CorruptValueError,
     IncompleteVersionError,
@@ -8,7 +13,8 @@ from store.errors import (
     UnknownVersionError,
     VersionStateError,
 )
-from store.proxy_store import BatchResult, ProxyRecord, ProxyStore, VersionInfo
+from store.factory import open_store
+from store.rocksdb_store import ProxyStore
 
 __all__ = [
     "BatchResult",
@@ -17,8 +23,10 @@ __all__ = [
     "InvalidVectorError",
     "ProxyRecord",
     "ProxyStore",
+    "ProxyStoreProtocol",
     "StoreError",
     "UnknownVersionError",
     "VersionInfo",
     "VersionStateError",
+    "open_store",
 ]

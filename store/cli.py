@@ -6,6 +6,7 @@ import argparse
 import json
 
 from idproxy.settings import Settings
+from store.base import ProxyStoreProtocol
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -27,21 +28,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     serve.add_argument("--port", type=int, help="port (default settings.store.http_port)")
 
 
-def open_store(settings: Settings, path: str | None = None, read_only: bool = False):
-    from store.proxy_store import ProxyStore
-
-    s = settings.store
-    return ProxyStore(
-        path or s.path,
-        dim=settings.model.id_dim,
-        dtype=s.dtype,
-        read_only=read_only,
-        retain_versions=s.retain_versions,
-    )
-
-
 def run(args: argparse.Namespace, settings: Settings) -> int:
     from store.errors import StoreError
+    from store.factory import open_store
 
     read_only = args.action in ("versions", "get", "serve")
     try:
@@ -85,7 +74,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         store.close()
 
 
-def _serve(store, settings: Settings, args: argparse.Namespace) -> int:
+def _serve(store: ProxyStoreProtocol, settings: Settings, args: argparse.Namespace) -> int:
     from store.api_server import InsecureBindError, make_server
     from store.http_api import ProxyApi
 

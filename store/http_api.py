@@ -1,4 +1,4 @@
-"""The HTTP read API over a read-only `ProxyStore`: FastAPI on uvicorn, 127.0.0.1 by default.
+"""The HTTP read API over a read-only proxy store: FastAPI on uvicorn, 127.0.0.1 by default.
 
 Endpoints (errors are JSON ``{"error": <kind>, "reason": <text>}``)::
 
@@ -52,8 +52,8 @@ from pydantic import BaseModel, Field, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from idproxy.proxy_wire import CORRUPT, FOUND, encode_batch
+from store.base import BatchResult, ProxyStoreProtocol, VersionInfo
 from store.errors import StoreError, UnknownVersionError, VersionStateError
-from store.proxy_store import BatchResult, ProxyStore, VersionInfo
 
 OCTET = "application/octet-stream"
 PUBLIC_PATHS = frozenset({"/healthz", "/metrics", "/openapi.json"})  # no proxy data
@@ -126,7 +126,7 @@ class ProxyApi:
 
     def __init__(
         self,
-        store: ProxyStore,
+        store: ProxyStoreProtocol,
         *,
         max_request_bytes: int,
         max_batch_items: int,

@@ -1,4 +1,4 @@
-"""`idproxy materialize`: the `proxies` and `control` topics -> the RocksDB `ProxyStore`.
+"""`idproxy materialize`: the `proxies` and `control` topics -> the proxy store.
 
 The store is a materialised view of Kafka. Per polled batch:
 
@@ -35,9 +35,13 @@ import os
 import time
 from collections import defaultdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from idproxy.settings import Settings
 from streams.lifecycle import commit_or_log, poll_or_wait, stop_signals
+
+if TYPE_CHECKING:
+    from store.base import ProxyStoreProtocol
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +53,7 @@ class Materializer:
         self,
         settings: Settings,
         broker,
-        store,
+        store: ProxyStoreProtocol,
         *,
         group_id: str = "idproxy-materializer",
         stats_file: Path | None = None,
@@ -286,7 +290,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    from store.cli import open_store
+    from store import open_store
     from store.errors import StoreError
     from streams.broker import external_broker
 

@@ -76,8 +76,8 @@ def movielens_events(
     uploads; the ``history`` clicks; or the ``stream``, meaning the clicks after the
     history period plus the uploads of items that are not in the catalogue.
     """
+    from idproxy.movielens import load_movielens
     from streams.events import Click
-    from trainer.movielens import load_movielens
 
     data = load_movielens()
     n = len(data.users) if limit is None else min(limit, len(data.users))

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from idproxy.movielens import load_movielens
 from idproxy.settings import Settings
 from proxy_model.alignment import preprocess_id_embeddings
 from proxy_model.encoder import ItemContent, MultimodalEncoder, build_default_encoder
@@ -28,7 +29,6 @@ from proxy_model.features import (
 )
 from proxy_model.heads import CoarseHead
 from proxy_model.stage1 import Stage1Config, fit_stage1
-from trainer.movielens import load_movielens
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +114,7 @@ def without_first_token(states: TokenStates) -> TokenStates:
     The first token is ``[BOS]``: in a causal LM its states are the same for every item
     and carry the LM's huge "attention sink" activations, so in a mean over the tokens it
     adds a constant of large norm divided by the item's length, i.e. a length feature
-    that swamps the content (the paper is silent; issue 16 §4). Masking it costs nothing
+    that swamps the content (the paper is silent). Masking it costs nothing
     and is label-free.
     """
     mask = states.mask.clone()

@@ -34,7 +34,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from trainer.movielens import MovieLens
+from idproxy.movielens import MovieLens
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """A plain ID-only click model (logistic matrix factorisation) that provides ID tables.
 
-Used where the issue asks for "an ID-only model trained on the warm items' interactions"
-(the Stage-1 alignment job); the full CTR ranker lives in :mod:`trainer.ranker`.
+It is the "ID-only model trained on the warm items' interactions" whose table the Stage-1
+alignment job (`idproxy align`) aligns to; the full CTR ranker lives in :mod:`trainer.ranker`.
 score(u, i) = <e_u, e_i> + b_u + b_i + b, trained with BCE on clicks (rating >= 4).
 """
 

@@ -1,4 +1,4 @@
-"""Stage-1 re-alignment against a drifting ID table, with a guardrail (issue 6, core).
+"""Stage-1 re-alignment against a drifting ID table, with a guardrail.
 
 The ranker keeps learning, so its item-ID table drifts and the Stage-1 targets go stale
 (paper §2.2: "learning against static targets in continuously updated systems"). A

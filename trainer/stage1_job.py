@@ -1,6 +1,6 @@
 """`idproxy align`: Stage-1 alignment on MovieLens-100K with real weights.
 
-Setup (issue 2):
+Setup:
 
 1. ID targets: a logistic-MF ID-only model trained on all click/non-click interactions;
    items with at least τ (``stage1.min_updates``) interactions are "warm" and get kept,
@@ -82,13 +82,13 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     from rich.table import Table
     from tqdm import tqdm
 
+    from idproxy.movielens import load_movielens
     from proxy_model.alignment import preprocess_id_embeddings
     from proxy_model.artifacts import save_bundle
     from proxy_model.encoder import default_encoder_name
     from proxy_model.heads import FineHead
     from trainer.content import fit_coarse_proxies, movielens_token_states
     from trainer.id_model import train_id_table
-    from trainer.movielens import load_movielens
 
     console = Console()
     started = time.time()

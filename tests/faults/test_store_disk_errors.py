@@ -20,7 +20,7 @@ import time
 import numpy as np
 import pytest
 
-from store.proxy_store import ProxyStore
+from store import ProxyStore
 from streams.events import ProxyRecordEvent, VersionCommit, encode_frame, to_json
 from streams.topics import ensure_topics
 from tests.streams.helpers import common_config, drain, produce

@@ -17,12 +17,12 @@ def brute_force_auc(scores, labels):
     return sum(1.0 if p > n else 0.5 if p == n else 0.0 for p, n in pairs) / len(pairs)
 
 
-def test_exact_auc_by_hand():
+def test_auc_by_hand():
     # positives 0.8, 0.4; negatives 0.4, 0.1 -> pairs: (0.8>0.4)=1, (0.8>0.1)=1, (0.4=0.4)=.5, (0.4>0.1)=1
     assert auc(np.array([1, 1, 0, 0]), np.array([0.8, 0.4, 0.4, 0.1])) == pytest.approx(3.5 / 4)
 
 
-def test_exact_auc_matches_brute_force_with_ties():
+def test_auc_matches_brute_force_with_ties():
     rng = np.random.default_rng(0)
     for _ in range(20):
         scores = rng.integers(0, 5, 30) / 4.0  # many ties

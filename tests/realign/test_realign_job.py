@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from store.cli import open_store
+from store import open_store
 from streams.topics import ensure_topics
 from tests.online.synthetic import item_records, sample_messages, samples
 from tests.streams.helpers import CliProcess, common_config, produce

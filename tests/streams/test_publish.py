@@ -43,7 +43,7 @@ def test_publish_movielens_uploads_items_before_their_first_rating(kafka_setting
         timeout=180
     )
     assert '"published"' in out, out
-    from trainer.movielens import load_movielens
+    from idproxy.movielens import load_movielens
 
     data = load_movielens()
     clicks = drain(kafka_settings, kafka_broker, topics.clicks)

@@ -88,8 +88,8 @@ def test_history_has_only_strictly_earlier_clicks_and_no_excluded_items() -> Non
 
 
 def test_new_items_absent_from_training_and_histories() -> None:
+    from idproxy.movielens import load_movielens
     from trainer.data import make_split
-    from trainer.movielens import load_movielens
 
     split = make_split(
         load_movielens(),
@@ -120,8 +120,8 @@ def test_new_items_absent_from_training_and_histories() -> None:
 
 
 def test_time_protocol_cold_items_appear_later_than_warm_ones() -> None:
+    from idproxy.movielens import load_movielens
     from trainer.data import make_split
-    from trainer.movielens import load_movielens
 
     ml = load_movielens()
     kw = dict(history_len=5, new_item_fraction=0.2, test_fraction=0.2, warmup_k=2)
@@ -211,9 +211,9 @@ def test_distillation_control_uses_base_rows_and_no_content() -> None:
 
 def test_prequential_never_trains_on_an_event_later_than_one_it_scores(monkeypatch) -> None:
     """Events carry their index as user id; the spy records every score and train call."""
+    from idproxy.movielens import load_movielens
     from trainer import table1
     from trainer.data import Events, make_split
-    from trainer.movielens import load_movielens
 
     split = make_split(
         load_movielens(),

@@ -1,7 +1,8 @@
 """MovieLens-100K, read from the installed `recbole` package (never copied into the repo).
 
 GroupLens terms apply (research use, no redistribution), which is why the files are read
-from site-packages at run time.
+from site-packages at run time. The publisher's replay, the trainers, the demo and the
+benchmarks all read it, so it sits in the ground layer with the settings.
 
 Conventions used everywhere in this project:
 

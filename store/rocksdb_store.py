@@ -1,123 +1,47 @@
-"""`ProxyStore`: versioned proxies, item features and model manifests in one RocksDB.
+"""`ProxyStore`: the RocksDB (rocksdict) implementation of `store.base.ProxyStoreProtocol`.
 
-Contract (after Feast's ``OnlineStore``: write batch / read / update / teardown), with
-versions as first-class objects.
-
-Key layout (one RocksDB, raw bytes keys)::
-
-    ptr                          JSON {"active": v, "previous": u}: the one pointer readers follow
-    ver/<version>                JSON VersionInfo (status staged|active|retired, counts, manifest)
-    prx/<version>/<item_id>      proxy value (store.codec: header + p_coarse + p_fine)
-    fea/<encoder_version>/<item> crc32 + safetensors bytes of named feature vectors
-    mdl/<name>/<version>         JSON {manifest, weights_path}
-
-Versions and guarantees:
-
-* ``stage(v)`` opens a version for writing; ``write_batch`` is idempotent (same input, same
-  bytes) and validates everything before one atomic RocksDB write batch, so a rejected call
-  writes nothing. A published version only takes *appends* (``append=True``): items it
-  does not hold yet, from the same model version, e.g. items uploaded after the publish;
-  its ``item_count`` grows with them in the same atomic write, so ``versions()`` is true.
-* ``publish(v)`` refuses an incomplete version (fewer items than ``expected_items``), then
-  switches ``ptr`` and the version statuses in **one** atomic, synced write batch. Values of
-  a published version are never rewritten, so a reader that resolved ``ptr`` to v keeps
-  seeing a whole v even while a newer version is published.
-* After a writer is SIGKILLed mid-version, the old version is still active and whole; the
-  partial version stays *staged* and is **resumable**: stage it again, rewrite (idempotent)
-  and publish. ``discard(v)`` drops it instead.
-* ``gc()`` keeps the last ``retain_versions`` published versions and never collects the
-  active or the previous one.
-* Reads: ``get`` / ``get_many`` read the active version by default; a missing item is a
-  miss (``None`` / ``found=False``), never an exception; a corrupt value is reported
-  (``CorruptValueError`` from ``get``, ``corrupt=True`` from ``get_many``), never returned.
-* One writer process per store. ``read_only=True`` opens a RocksDB *secondary* instance
-  that follows the writer (``refresh()`` catches up) and only ever reads published versions.
+Versioned proxies, item features and model manifests live in one RocksDB (key layout:
+``store.keys``; value format: ``store.codec``). Every multi-key change is one atomic
+RocksDB write batch; pointer switches and version metadata are synced writes.
+``read_only=True`` opens a RocksDB *secondary* instance that follows the writer.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import re
-import tempfile
 import time
 import zlib
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, Field
-from rocksdict import AccessType, Options, Rdict, WriteBatch, WriteOptions
+from rocksdict import WriteBatch
 from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
 
+from store.base import BatchResult, ProxyRecord, VersionInfo
 from store.codec import DTYPES, decode_many, encode_batch, validate_vectors
 from store.errors import (
     CorruptValueError,
     IncompleteVersionError,
     InvalidVectorError,
     StoreError,
-    StoreIOError,
     UnknownVersionError,
     VersionStateError,
 )
-
-VERSION_RE = re.compile(r"^[A-Za-z0-9._-]{1,96}$")
-MAX_ITEM_ID_BYTES = 256
-Status = Literal["staged", "active", "retired"]
-
-
-class VersionInfo(BaseModel):
-    """Metadata of one proxy version."""
-
-    version: str
-    status: Status
-    created_at: float
-    published_at: float | None = None
-    item_count: int = 0
-    expected_items: int | None = None
-    manifest: dict = Field(default_factory=dict)
+from store.keys import (
+    POINTER_KEY,
+    check_version_name,
+    item_key,
+    item_prefix,
+    model_key,
+    version_key,
+)
+from store.rocksdb_handle import RocksDBHandle
 
 
-@dataclass(frozen=True)
-class ProxyRecord:
-    """One item's proxies: p_coarse [d], p_fine [d] float32."""
-
-    item_id: str
-    version: str
-    p_coarse: np.ndarray
-    p_fine: np.ndarray
-
-
-@dataclass(frozen=True)
-class BatchResult:
-    """p_coarse / p_fine [N, d] float32 (zeros where not found); found, corrupt [N] bool."""
-
-    version: str | None
-    p_coarse: np.ndarray
-    p_fine: np.ndarray
-    found: np.ndarray
-    corrupt: np.ndarray
-
-
-def _check_version_name(version: str) -> None:
-    if not isinstance(version, str) or not VERSION_RE.match(version):
-        raise StoreError(f"invalid version name {version!r}: use 1-96 of [A-Za-z0-9._-]")
-
-
-def _item_key(prefix: str, version: str, item_id: str) -> bytes:
-    if not isinstance(item_id, str) or not item_id:
-        raise InvalidVectorError(f"item id must be a non-empty string, got {item_id!r}")
-    raw = item_id.encode()
-    if len(raw) > MAX_ITEM_ID_BYTES:
-        raise InvalidVectorError(f"item id longer than {MAX_ITEM_ID_BYTES} bytes")
-    return f"{prefix}/{version}/".encode() + raw
-
-
-class ProxyStore:
-    """Versioned proxy store on rocksdict. See the module docstring for the guarantees."""
+class ProxyStore(RocksDBHandle):
+    """Versioned proxy store on rocksdict; the guarantees are ``store.base``'s."""
 
     def __init__(
         self,
@@ -132,56 +56,38 @@ class ProxyStore:
             raise StoreError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
         if retain_versions < 2:
             raise StoreError("retain_versions must be at least 2 (active + previous)")
-        self.path = Path(path)
+        super().__init__(path, read_only=read_only)
         self.dim = dim
         self.dtype = dtype
-        self.read_only = read_only
         self.retain_versions = retain_versions
-        options = Options(raw_mode=True)
-        if read_only:
-            if not (self.path / "CURRENT").exists():
-                raise StoreError(f"no store at {self.path}")
-            self._secondary_dir = tempfile.TemporaryDirectory(prefix="idproxy-store-reader-")
-            access = AccessType.secondary(self._secondary_dir.name)
-            self.db = Rdict(str(self.path), options=options, access_type=access)
-        else:
-            try:
-                self.path.mkdir(parents=True, exist_ok=True)
-                self.db = Rdict(str(self.path), options=options)
-            except Exception as exc:  # read-only or full filesystem, held lock, ...
-                raise StoreError(f"cannot open store for writing at {self.path}: {exc}") from exc
-        self._sync = WriteOptions()
-        self._sync.sync = True
 
     # ---------------------------------------------------------------- versions
     def _info(self, version: str) -> VersionInfo | None:
-        raw = self.db.get(f"ver/{version}".encode())
+        raw = self.db.get(version_key(version))
         return VersionInfo.model_validate_json(raw) if raw is not None else None
 
     def version_info(self, version: str) -> VersionInfo | None:
         """The version's metadata, or None if it does not exist."""
-        _check_version_name(version)
+        check_version_name(version)
         return self._info(version)
 
     def _require(self, version: str) -> VersionInfo:
-        _check_version_name(version)
+        check_version_name(version)
         info = self._info(version)
         if info is None:
             raise UnknownVersionError(f"unknown version {version!r}")
         return info
 
     def _pointer(self) -> dict:
-        raw = self.db.get(b"ptr")
+        raw = self.db.get(POINTER_KEY)
         return json.loads(raw) if raw is not None else {"active": None, "previous": None}
 
-    def _writable(self) -> None:
-        if self.read_only:
-            raise StoreError("this store was opened read-only")
-
     def active_version(self) -> str | None:
+        """The version reads go to by default (None before the first publish)."""
         return self._pointer()["active"]
 
     def previous_version(self) -> str | None:
+        """The version that was active before the active one."""
         return self._pointer()["previous"]
 
     def pointer(self) -> tuple[str | None, str | None]:
@@ -199,7 +105,7 @@ class ProxyStore:
     ) -> None:
         """Opens ``version`` for writing (idempotent; a published version is refused)."""
         self._writable()
-        _check_version_name(version)
+        check_version_name(version)
         info = self._info(version)
         if info is not None and info.status != "staged":
             raise VersionStateError(f"version {version!r} is already {info.status}")
@@ -208,9 +114,7 @@ class ProxyStore:
         info.manifest = manifest if manifest is not None else info.manifest
         info.expected_items = expected_items if expected_items is not None else info.expected_items
         with self._disk("staging a version"):
-            self.db.put(
-                f"ver/{version}".encode(), info.model_dump_json().encode(), write_opt=self._sync
-            )
+            self.db.put(version_key(version), info.model_dump_json().encode(), write_opt=self._sync)
 
     def write_batch(
         self,
@@ -232,7 +136,7 @@ class ProxyStore:
         validate_vectors(p_coarse, p_fine, self.dim)
         if len(item_ids) != p_coarse.shape[0]:
             raise InvalidVectorError(f"{len(item_ids)} item ids for {p_coarse.shape[0]} rows")
-        keys = [_item_key("prx", version, i) for i in item_ids]
+        keys = [item_key("prx", version, i) for i in item_ids]
         values = encode_batch(p_coarse, p_fine, version, self.dtype)
         if info.status != "staged":
             if not append:
@@ -252,12 +156,13 @@ class ProxyStore:
         if info.status != "staged" and added:
             # appended items count in the version's metadata, in the same atomic write
             info.item_count += added
-            batch.put(f"ver/{version}".encode(), info.model_dump_json().encode())
+            batch.put(version_key(version), info.model_dump_json().encode())
         with self._disk("writing proxies"):
             self.db.write(batch)
 
     def count_items(self, version: str) -> int:
-        return sum(1 for _ in self._prefix_keys(f"prx/{version}/".encode()))
+        """Items written into ``version`` so far (a key scan)."""
+        return sum(1 for _ in self._prefix_keys(item_prefix("prx", version)))
 
     def publish(self, version: str, expected_items: int | None = None) -> VersionInfo:
         """Makes ``version`` the active one in one atomic pointer switch (only if complete)."""
@@ -292,13 +197,13 @@ class ProxyStore:
         batch = WriteBatch(raw_mode=True)
         if old is not None and (old_info := self._info(old)) is not None:
             old_info.status = "retired"
-            batch.put(f"ver/{old}".encode(), old_info.model_dump_json().encode())
+            batch.put(version_key(old), old_info.model_dump_json().encode())
         info.status = "active"
         info.published_at = info.published_at or now
         if count is not None:
             info.item_count = count
-        batch.put(f"ver/{info.version}".encode(), info.model_dump_json().encode())
-        batch.put(b"ptr", json.dumps({"active": info.version, "previous": old}).encode())
+        batch.put(version_key(info.version), info.model_dump_json().encode())
+        batch.put(POINTER_KEY, json.dumps({"active": info.version, "previous": old}).encode())
         with self._disk("switching the active version"):
             self.db.write(batch, write_opt=self._sync)
         return info
@@ -312,9 +217,9 @@ class ProxyStore:
         self._delete_version(version)
 
     def _delete_version(self, version: str) -> None:
-        prefix = f"prx/{version}/".encode()
+        prefix = item_prefix("prx", version)
         self.db.delete_range(prefix, prefix[:-1] + b"0")  # '0' sorts right after '/'
-        self.db.delete(f"ver/{version}".encode(), write_opt=self._sync)
+        self.db.delete(version_key(version), write_opt=self._sync)
 
     def gc(self) -> list[str]:
         """Deletes published versions beyond the newest ``retain_versions`` (never active/previous)."""
@@ -334,11 +239,6 @@ class ProxyStore:
         return removed
 
     # ------------------------------------------------------------------- reads
-    def refresh(self) -> None:
-        """Read-only instances: catch up with the writer's latest published state."""
-        if self.read_only:
-            self.db.try_catch_up_with_primary()
-
     def _readable_version(self, version: str | None) -> str | None:
         if version is None:
             return self.active_version()
@@ -352,7 +252,7 @@ class ProxyStore:
         v = self._readable_version(version)
         if v is None:
             return None
-        raw = self.db.get(_item_key("prx", v, item_id))
+        raw = self.db.get(item_key("prx", v, item_id))
         if raw is None:
             return None
         coarse, fine, ok = decode_many([raw], self.dim, self.dtype, v)
@@ -368,7 +268,7 @@ class ProxyStore:
         if v is None or n == 0:
             none = np.zeros(n, bool)
             return BatchResult(v, zeros, zeros.copy(), none, none.copy())
-        prefix = f"prx/{v}/".encode()
+        prefix = item_prefix("prx", v)
         raws = self.db[[prefix + i.encode() for i in item_ids]]
         present = [r for r in raws if r is not None]
         if len(present) == n:  # the common case: everything found
@@ -390,7 +290,7 @@ class ProxyStore:
     ) -> None:
         """Caches one item's features (e.g. {"z": [D], "z_groups": [G, D]}) for an encoder version."""
         self._writable()
-        _check_version_name(encoder_version)
+        check_version_name(encoder_version)
         for name, arr in vectors.items():
             if not isinstance(arr, np.ndarray) or not np.issubdtype(arr.dtype, np.floating):
                 raise InvalidVectorError(f"feature {name!r} must be a floating numpy array")
@@ -399,12 +299,13 @@ class ProxyStore:
         blob = st_save({k: np.ascontiguousarray(v, dtype=np.float32) for k, v in vectors.items()})
         with self._disk("writing features"):
             self.db.put(
-                _item_key("fea", encoder_version, item_id),
+                item_key("fea", encoder_version, item_id),
                 zlib.crc32(blob).to_bytes(4, "little") + blob,
             )
 
     def get_features(self, item_id: str, encoder_version: str) -> dict[str, np.ndarray] | None:
-        raw = self.db.get(_item_key("fea", encoder_version, item_id))
+        """The cached features of an item, or None; CorruptValueError on a bad checksum."""
+        raw = self.db.get(item_key("fea", encoder_version, item_id))
         if raw is None:
             return None
         if zlib.crc32(raw[4:]).to_bytes(4, "little") != raw[:4]:
@@ -419,55 +320,15 @@ class ProxyStore:
     ) -> None:
         """Records a model version's manifest and where its safetensors weights live."""
         self._writable()
-        _check_version_name(name)
-        _check_version_name(version)
+        check_version_name(name)
+        check_version_name(version)
         record = {"manifest": manifest, "weights_path": weights_path, "registered_at": time.time()}
-        self.db.put(
-            f"mdl/{name}/{version}".encode(), json.dumps(record).encode(), write_opt=self._sync
-        )
+        self.db.put(model_key(name, version), json.dumps(record).encode(), write_opt=self._sync)
 
     def get_model(self, name: str, version: str) -> dict | None:
-        raw = self.db.get(f"mdl/{name}/{version}".encode())
+        """{manifest, weights_path, registered_at} of a registered model version, or None."""
+        raw = self.db.get(model_key(name, version))
         return json.loads(raw) if raw is not None else None
-
-    # ------------------------------------------------------------------ helpers
-    def _prefix_keys(self, prefix: bytes):
-        for key in self.db.keys(from_key=prefix):
-            if not key.startswith(prefix):
-                return
-            yield key
-
-    def _prefix_items(self, prefix: bytes):
-        for key, value in self.db.items(from_key=prefix):
-            if not key.startswith(prefix):
-                return
-            yield key, value
-
-    @contextlib.contextmanager
-    def _disk(self, what: str) -> Iterator[None]:
-        """Turns the engine's I/O failures (rocksdict raises a bare Exception) into
-        StoreIOError with the path and the reason."""
-        try:
-            yield
-        except StoreError:
-            raise
-        except Exception as exc:
-            raise StoreIOError(f"{what} failed at {self.path}: {exc}") from exc
-
-    def reopen(self) -> None:
-        """Closes and opens the database again (RocksDB stays read-only after a failed
-        write until it is reopened); StoreError if it cannot be opened."""
-        with contextlib.suppress(Exception):  # it may be closed already
-            self.db.close()
-        try:
-            self.db = Rdict(str(self.path), options=Options(raw_mode=True))
-        except Exception as exc:
-            raise StoreIOError(f"cannot reopen store at {self.path}: {exc}") from exc
-
-    def close(self) -> None:
-        self.db.close()
-        if self.read_only:
-            self._secondary_dir.cleanup()
 
     def __enter__(self) -> ProxyStore:
         return self
