@@ -25,6 +25,8 @@ from kafka import TopicPartition
 
 log = logging.getLogger(__name__)
 
+BURIED_KEPT = 1000  # killers remembered per partition by a FileMarkers
+
 
 @dataclass(frozen=True)
 class Marker:
@@ -67,6 +69,12 @@ class Markers(Protocol):
     def released_by_commit(self, tps: list[TopicPartition]) -> None:
         """The caller's own commit has moved past these partitions' markers."""
 
+    def buried(self, tp: TopicPartition) -> frozenset[int]:
+        """Offsets of ``tp`` dead-lettered as killers, for consumers that read them again."""
+
+    def bury(self, tp: TopicPartition, offset: int) -> None:
+        """Remembers a dead-lettered killer (a consumer that re-reads it skips it)."""
+
 
 class CommittedOffsetMarkers:
     """Markers in the metadata of a kafka-python consumer group's committed offsets."""
@@ -105,6 +113,12 @@ class CommittedOffsetMarkers:
     def released_by_commit(self, tps: list[TopicPartition]) -> None:
         pass  # the commit's empty metadata replaced the markers
 
+    def buried(self, tp: TopicPartition) -> frozenset[int]:
+        return frozenset()  # the group's commit moves past a killer: it is not read again
+
+    def bury(self, tp: TopicPartition, offset: int) -> None:
+        pass
+
     def _commit(self, offsets: dict) -> bool:
         from streams.lifecycle import commit_or_log
 
@@ -112,7 +126,10 @@ class CommittedOffsetMarkers:
 
 
 class FileMarkers:
-    """Markers in a JSON file ``{"topic/partition": marker}``, rewritten in place.
+    """Markers in a JSON file ``{"topic/partition": marker, "_buried": {...}}``, rewritten
+    in place. ``_buried`` keeps, per partition, the last ``BURIED_KEPT`` offsets
+    dead-lettered as killers: these consumers read records again after a restart (from a
+    checkpoint, or from the beginning), and must not be killed by them again.
 
     >>> import tempfile
     >>> path = Path(tempfile.mkdtemp()) / "inflight.json"
@@ -131,13 +148,16 @@ class FileMarkers:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         self.found: dict[str, Marker] = {}
-        raw = os.pread(self.fd, 1 << 20, 0).rstrip(b"\0 \n")
+        self.dead: dict[str, list[int]] = {}
+        raw = os.pread(self.fd, 1 << 22, 0).rstrip(b"\0 \n")
         try:
-            for key, doc in (json.loads(raw) if raw else {}).items():
-                marker = Marker.parse(doc)
+            doc = json.loads(raw) if raw else {}
+            self.dead = {k: [int(o) for o in v] for k, v in doc.pop("_buried", {}).items()}
+            for key, value in doc.items():
+                marker = Marker.parse(value)
                 if marker is not None:
                     self.found[key] = marker
-        except (ValueError, AttributeError):
+        except (ValueError, AttributeError, TypeError):
             log.warning("%s is not a marker file: ignored", self.path)
         self.current: dict[str, Marker] = {}  # this run's; the old ones are only read
 
@@ -160,9 +180,20 @@ class FileMarkers:
     def released_by_commit(self, tps: list[TopicPartition]) -> None:
         self.release(dict.fromkeys(tps, 0))
 
+    def buried(self, tp: TopicPartition) -> frozenset[int]:
+        return frozenset(self.dead.get(self._key(tp), ()))
+
+    def bury(self, tp: TopicPartition, offset: int) -> None:
+        offsets = self.dead.setdefault(self._key(tp), [])
+        if offset not in offsets:
+            offsets[:] = (offsets + [offset])[-BURIED_KEPT:]
+        self._save()
+
     def _save(self) -> bool:
-        doc = "{" + ",".join(f'"{k}":{m.to_json()}' for k, m in self.current.items()) + "}"
-        data = doc.encode()
+        parts = [f'"{k}":{m.to_json()}' for k, m in self.current.items()]
+        if self.dead:
+            parts.append('"_buried":' + json.dumps(self.dead, separators=(",", ":")))
+        data = ("{" + ",".join(parts) + "}").encode()
         try:  # padded to whole 256-byte blocks, so a shorter text overwrites a longer one
             size = max(256, -(-len(data) // 256) * 256)
             os.pwrite(self.fd, data.ljust(size, b" "), 0)

@@ -94,17 +94,22 @@ class RawRecord(NamedTuple):
 
 async def isolated(handle, record: RawRecord, quarantine: CrashQuarantine, dead_letter) -> None:
     """``await handle(record)`` behind its in-flight marker; ``await dead_letter(record,
-    reason)`` instead when the record killed the processor ``quarantine_deaths`` times
-    (crash-loop quarantine, one record at a time). Any failure of this one record
+    reason, durable=True)`` instead when the record killed the processor
+    ``quarantine_deaths`` times (crash-loop quarantine, one record at a time; a record
+    dead-lettered so by an earlier run is skipped). Any failure of this one record
     dead-letters it with the exception's type and message, and the stream goes on.
     Failures not about the record (the broker, the disk) are raised: faust stops the agent
     and the un-acknowledged record is read again after the restart."""
     from streams.dlq import failure_reason, is_infrastructure_error
 
-    if quarantine.is_suspect(record) and quarantine.doomed(record):
-        log.error("%s/%d/%d: %s", *record[:3], quarantine.reason(record))
-        await dead_letter(record, quarantine.reason(record))
-        return
+    if quarantine.is_suspect(record):
+        if quarantine.buried(record):
+            return  # dead-lettered as a killer by an earlier run
+        if quarantine.doomed(record):
+            log.error("%s/%d/%d: %s", *record[:3], quarantine.reason(record))
+            await dead_letter(record, quarantine.reason(record), durable=True)
+            quarantine.bury(record)
+            return
     quarantine.mark([record])
     try:
         await handle(record)
@@ -203,9 +208,12 @@ def build_app(settings: Settings, broker, datadir: Path):
 
     gaps = OffsetGapFiller(kafka_range_reader(consumer_config(settings, broker, None)))
 
-    async def dead_letter(record: RawRecord, reason: str) -> None:
+    async def dead_letter(record: RawRecord, reason: str, durable: bool = False) -> None:
+        """Queues the letter; ``durable``: and waits until the broker has it."""
         key, letter = letter_record(record, reason, "processor")
-        await dlq.send(key=key, value=letter)
+        sent = await dlq.send(key=key, value=letter)
+        if durable:
+            await sent
 
     async def add_history(record: RawRecord) -> None:
         """Click -> history before it (no leakage) -> clicks-by-item; appends a click."""

@@ -90,11 +90,14 @@ class CrashQuarantine:
         )
 
     def is_suspect(self, message) -> bool:
-        """Was ``message`` in flight when a previous consumer died?"""
+        """Was ``message`` in flight when a previous consumer died (or dead-lettered as a
+        killer already)?"""
         tp = _tp(message)
         self._check(tp)
         suspect = self.suspects.get(tp)
-        return suspect is not None and suspect.start <= message.offset <= suspect.end
+        if suspect is not None and suspect.start <= message.offset <= suspect.end:
+            return True
+        return message.offset in self.markers.buried(tp)
 
     def split(self, messages: list) -> tuple[list, list]:
         """(records to handle as a batch, records to handle one at a time)."""
@@ -105,7 +108,10 @@ class CrashQuarantine:
 
     def deaths(self, message) -> int:
         """How many times this record, handled alone, killed its consumer."""
-        suspect = self.suspects.get(_tp(message))
+        tp = _tp(message)
+        if message.offset in self.markers.buried(tp):
+            return self.max_deaths
+        suspect = self.suspects.get(tp)
         return 0 if suspect is None else suspect.deaths.get(message.offset, 0)
 
     def doomed(self, message) -> bool:
@@ -152,14 +158,17 @@ class CrashQuarantine:
         messages: list,
         process: Callable[[list], None],
         dead_letter: Callable[[object, str], None],
+        flush: Callable[[], None],
         in_flight: list = (),
     ) -> None:
         """Runs ``process`` on ``messages`` in their order under the quarantine, for a
         consumer whose output is durable when ``process`` returns, or pipelined: records
         in ``in_flight`` (given to an earlier ``process`` call, not finished) stay covered
         by the marker. Suspect records are handled one at a time, with the runs of other
-        records between them as batches. The markers stay set after the call (the next
-        call replaces them); :meth:`clear` them when nothing is in flight any more."""
+        records between them as batches; a doomed one is dead-lettered, ``flush()``ed and
+        buried (:meth:`bury`), and one buried before is skipped. The markers stay set after
+        the call (the next call replaces them); :meth:`clear` them when nothing is in flight
+        any more."""
         try:
             if not any(self.is_suspect(m) for m in messages):
                 self.mark([*in_flight, *messages])
@@ -174,7 +183,9 @@ class CrashQuarantine:
                     self.mark(run)
                     process(run)
                     run = []
-                self._one(m, process, dead_letter)
+                if self._one(m, process, dead_letter):
+                    flush()
+                    self.bury(m)
             if run:
                 self.mark(run)
                 process(run)
@@ -182,18 +193,25 @@ class CrashQuarantine:
             self.clear()
             raise
 
-    def _one(self, message, process, dead_letter) -> None:
-        if self.doomed(message):
-            log.error(
-                "%s@%d %s: dead-lettered",
-                _tp(message),
-                message.offset,
-                self.reason(message),
+    def _one(self, message, process, dead_letter) -> bool:
+        """One suspect record: skipped when buried, dead-lettered when doomed (True), else
+        processed behind its own marker."""
+        if self.buried(message):
+            log.info(
+                "%s@%d was dead-lettered as a killer before: skipped", _tp(message), message.offset
             )
+            return False
+        if self.doomed(message):
+            log.error("%s@%d %s: dead-lettered", _tp(message), message.offset, self.reason(message))
             dead_letter(message, self.reason(message))
-        else:
-            self.mark([message])
-            process([message])
+            return True
+        self.mark([message])
+        process([message])
+        return False
+
+    def buried(self, message) -> bool:
+        """Was ``message`` dead-lettered as a killer already (by this run or an earlier one)?"""
+        return message.offset in self.markers.buried(_tp(message))
 
     # ------------------------------------------------------------------ writing
     def mark(self, messages: list) -> None:
@@ -214,6 +232,13 @@ class CrashQuarantine:
         tp = _tp(message)
         if self.markers.release({tp: message.offset + 1}):
             self.marked.pop(tp, None)
+
+    def bury(self, message) -> None:
+        """``message`` was dead-lettered as a killer (the letter flushed): its marker goes,
+        and a consumer that reads it again (from a checkpoint, or from the beginning) skips
+        it."""
+        self.markers.bury(_tp(message), message.offset)
+        self.done(message)
 
     def committed_all(self) -> None:
         """The caller's normal commit (empty metadata) moved past every marker."""

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -125,9 +126,15 @@ class ContentReader:
     skipped and, given a ``dlq`` (``streams.dlq.DeadLetterSink``), dead-lettered with its
     reason; the reader reads from the beginning on every start, so a restarted trainer
     sends the same letters again (counted once by their source offset).
+
+    Given ``markers`` (a file path), each poll's records are handled behind a crash-loop
+    quarantine marker (``streams/quarantine.py``): a record that kills the process outright
+    ``kafka.quarantine_deaths`` times is dead-lettered instead of killing every restart.
     """
 
-    def __init__(self, settings, broker, topics, cache: ItemCache, dlq=None) -> None:
+    def __init__(
+        self, settings, broker, topics, cache: ItemCache, dlq=None, markers: Path | None = None
+    ) -> None:
         from kafka import KafkaConsumer, TopicPartition
 
         from streams.kafka_config import consumer_config
@@ -145,6 +152,14 @@ class ContentReader:
         self.consumer.assign(parts)
         self.consumer.seek_to_beginning(*parts)
         self.errors = 0
+        self.quarantine = None
+        if markers is not None:
+            from streams.inflight_markers import FileMarkers
+            from streams.quarantine import CrashQuarantine
+
+            self.quarantine = CrashQuarantine(
+                FileMarkers(markers), settings.kafka.quarantine_deaths
+            )
 
     def _handle(self, records) -> int:
         from streams.dlq import failure_reason, is_infrastructure_error
@@ -161,25 +176,46 @@ class ContentReader:
             except Exception as exc:  # one record's failure: skip it, dead-letter it
                 if is_infrastructure_error(exc):
                     raise
-                self.errors += 1
-                reason = failure_reason(exc)
-                if self.dlq is not None:
-                    self.dlq.send(m, reason)
-                else:
-                    log.warning(
-                        "unusable content record %s/%d@%d: %s",
-                        m.topic,
-                        m.partition,
-                        m.offset,
-                        reason,
-                    )
+                self._unusable(m, failure_reason(exc))
         return len(records)
+
+    def _unusable(self, m, reason: str) -> None:
+        self.errors += 1
+        if self.dlq is not None:
+            self.dlq.send(m, reason)
+        else:
+            log.warning(
+                "unusable content record %s/%d@%d: %s", m.topic, m.partition, m.offset, reason
+            )
 
     def poll(self, timeout_ms: int = 0) -> int:
         polled = poll_or_wait(
             self.consumer, self.outage_backoff_s, timeout_ms=timeout_ms, max_records=5000
         )
-        return sum(self._handle(records) for records in polled.values())
+        if self.quarantine is None:
+            return sum(self._handle(records) for records in polled.values())
+        records = [m for batch in polled.values() for m in batch]
+        q = self.quarantine
+        try:
+            if not any(q.is_suspect(m) for m in records):
+                if records:
+                    q.mark(records)
+                    self._handle(records)
+                return len(records)
+            for m in records:  # a previous run died in this range: one record at a time
+                if q.buried(m):
+                    continue  # dead-lettered as a killer by an earlier run
+                if q.is_suspect(m) and q.doomed(m):
+                    self._unusable(m, q.reason(m))
+                    if self.dlq is not None:
+                        self.dlq.producer.flush()
+                    q.bury(m)
+                else:
+                    q.mark([m])
+                    self._handle([m])
+            return len(records)
+        finally:  # in the cache now (a restart reads everything again): no marker
+            q.clear()
 
     def catch_up(self, timeout_s: float = 60.0) -> int:
         """Reads until every partition reaches the end offset it had when this was called."""

@@ -87,7 +87,10 @@ class OnlineTrainer:
         self.producer = KafkaProducer(**producer_config(settings, broker))
         self.dlq = DeadLetterSink(self.producer, self.topics.dlq, component="trainer")
         self.cache = ItemCache()
-        self.reader = ContentReader(settings, broker, self.topics, self.cache, self.dlq)
+        content_markers = self.state_dir / "inflight-content.json"
+        self.reader = ContentReader(
+            settings, broker, self.topics, self.cache, self.dlq, markers=content_markers
+        )
         self.consumer = KafkaConsumer(**consumer_config(settings, broker, group))
         self.partitions = [
             TopicPartition(self.topics.samples, p)
@@ -243,7 +246,7 @@ class OnlineTrainer:
             trained += step(records)
 
         self.quarantine.handle_in_order(
-            messages, run, self._quarantined, in_flight=core.in_flight or []
+            messages, run, self._quarantined, self.producer.flush, in_flight=core.in_flight or []
         )
         return trained
 

@@ -32,7 +32,7 @@ def main() -> int:
         with open(folder / "handled", "a") as f:
             f.write(f"{record.offset}\n")
 
-    async def dead_letter(record: RawRecord, reason: str) -> None:
+    async def dead_letter(record: RawRecord, reason: str, durable: bool = False) -> None:
         with open(folder / "letters", "a") as f:
             f.write(f"{record.offset} {reason}\n")
 

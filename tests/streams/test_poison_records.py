@@ -16,6 +16,7 @@ from proxy_model.service import ProxyService
 from store import ProxyStore
 from streams.events import (
     DeadLetter,
+    ItemFeaturesRecord,
     ProxyRecordEvent,
     TrainingSample,
     VersionCommit,
@@ -323,19 +324,26 @@ def test_a_record_that_kills_the_materializer_is_quarantined_after_n_deaths(
     assert letter.component == "materializer" and letter.source_topic == topics.proxies
 
 
-def test_a_sample_that_kills_the_trainer_is_quarantined_after_n_deaths(
+def test_records_that_kill_the_trainer_are_quarantined_after_n_deaths(
     kafka_settings, kafka_broker, tmp_path
 ):
-    """Crash-loop quarantine in the online trainer (markers in a file of its state folder;
-    it restarts from its checkpoint, not from a committed offset): it kills its process on
-    any batch that holds one sample. The first death is in a batch; the restarted trainer
-    trains the records in flight one at a time, dies on the sample alone twice, and the
-    next restart dead-letters it with "killed its consumer 2 times" and trains on every
-    other sample exactly once."""
-    from tests.online.killer_trainer import KILL_CODE, KILL_SAMPLE
+    """Crash-loop quarantine in the online trainer (markers in files of its state folder;
+    it restarts from its checkpoint, and its content reader from the topics' beginning):
+    it kills its process on the content of one item and on any batch that holds one
+    sample. Each killer dies first in a batch, then alone twice; the next restart
+    dead-letters it with "killed its consumer 2 times" and goes on, and in the end every
+    other sample is trained on exactly once."""
+    from tests.online.killer_trainer import KILL_CODE, KILL_ITEM, KILL_SAMPLE
     from tests.online.synthetic import sample_messages, samples
 
     topics = ensure_topics(kafka_settings, common_config(kafka_settings, kafka_broker))
+    now = time.time()
+    header = ItemFeaturesRecord(
+        item_id=KILL_ITEM, encoder_version="e", uploaded_at=now, produced_at=now
+    )
+    arrays = {"z": np.zeros(4, np.float32), "z_groups": np.zeros((3, 4), np.float32)}
+    content = (KILL_ITEM.encode(), encode_frame(header, arrays))
+    produce(kafka_settings, kafka_broker, topics.item_features, [content])
     data = samples(60, 6, 10)
     data[30] = data[30].model_copy(update={"sample_id": KILL_SAMPLE})
     messages = sample_messages(data)
@@ -347,24 +355,38 @@ def test_a_sample_that_kills_the_trainer_is_quarantined_after_n_deaths(
         [str(tmp_path / "state"), "3"],
         timeout=120,
         env={"IDPROXY_TRAINER_ONLINE_BATCH_SIZE": "25", "IDPROXY_TRAINER_THREADS": "1"},
+        runs=8,
     )
-    assert codes == [KILL_CODE, KILL_CODE, KILL_CODE, 0], log
-    assert "1 dead letters" in outputs[-1], log
+    # the content record dies alone at once (the only record of its poll) and once more;
+    # the sample dies in a batch, then alone twice
+    assert codes == [KILL_CODE] * 5 + [0], log
+    assert "1 dead letters" in outputs[-1], log  # the content's was sent by the run before
     summary = json.loads(outputs[-1].strip().splitlines()[-1])
     assert summary["samples"] == 59, log
-    (letter,) = _letters(kafka_settings, kafka_broker, topics)
-    assert letter.reason == "killed its consumer 2 times"
-    assert bytes(letter.value_b64) == messages[30][1]
-    assert letter.component == "trainer" and letter.source_topic == topics.samples
+    letters = {
+        letter.source_topic: letter for letter in _letters(kafka_settings, kafka_broker, topics)
+    }
+    assert len(_letters(kafka_settings, kafka_broker, topics)) == 2  # each once
+    assert set(letters) == {topics.item_features, topics.samples}
+    assert all(x.reason == "killed its consumer 2 times" for x in letters.values())
+    assert all(x.component == "trainer" for x in letters.values())
+    assert bytes(letters[topics.samples].value_b64) == messages[30][1]
+    assert bytes(letters[topics.item_features].value_b64) == content[1]
 
 
 def _restart_until_clean_exit(
-    settings, broker, module: str, args: list[str], timeout: float, env: dict | None = None
+    settings,
+    broker,
+    module: str,
+    args: list[str],
+    timeout: float,
+    env: dict | None = None,
+    runs: int = 6,
 ) -> tuple[list[int], list[str], str]:
     """Runs ``python -m module args`` with 2 quarantine deaths, again after each death, until
-    it exits 0 (at most 6 runs) -> (exit codes, outputs, their joined tails for messages)."""
+    it exits 0 (at most ``runs`` runs) -> (exit codes, outputs, their joined tails)."""
     codes, outputs = [], []
-    while len(codes) < 6 and (not codes or codes[-1] != 0):
+    while len(codes) < runs and (not codes or codes[-1] != 0):
         proc = CliProcess(
             settings,
             broker,

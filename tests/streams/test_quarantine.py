@@ -114,6 +114,7 @@ def _run_in_order(quarantine: CrashQuarantine, records: list, in_flight: list = 
         records,
         lambda batch: events.append(("process", [m.offset for m in batch])),
         lambda m, reason: events.append(("dead letter", m.offset, reason)),
+        lambda: events.append(("flush",)),
         in_flight=list(in_flight),
     )
     return events
@@ -147,8 +148,12 @@ def test_a_record_dead_alone_max_deaths_times_is_dead_lettered_in_its_place(tmp_
     assert events == [
         ("process", [5]),
         ("dead letter", 6, "killed its consumer 2 times"),
+        ("flush",),
         ("process", [7]),
     ]
+    # it is remembered: a consumer that reads it again (a restart) skips it
+    again = CrashQuarantine(FileMarkers(path), max_deaths=2)
+    assert _run_in_order(again, _records(5, 6, 7)) == [("process", [5]), ("process", [7])]
 
 
 def test_the_processor_dead_letters_a_record_that_kills_it_after_n_deaths(tmp_path):
