@@ -80,6 +80,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         artifacts_dir=args.artifacts_dir,
         tiny=args.tiny,
         shuffle_targets=False,
+        state_dir=None,  # realign's own default
     )
     stage1 = realign_once(settings, broker, realign_args)
     result["stage1"] = stage1

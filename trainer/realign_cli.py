@@ -88,7 +88,10 @@ def realign_once(settings: Settings, broker, args: argparse.Namespace) -> dict:
         svc = ProxyService.from_settings(settings, bundle_root=artifacts)
     topics = ensure_topics(settings, common_config(settings, broker))
     cache = ItemCache()
-    reader = ContentReader(settings, broker, topics, cache)
+    state_dir = Path(args.state_dir or cache_dir / "realign")
+    reader = ContentReader(  # a killer record is skipped after N deaths (crash-loop quarantine)
+        settings, broker, topics, cache, markers=state_dir / "inflight-content.json"
+    )
     reader.catch_up()
     reader.close()
     current = [
