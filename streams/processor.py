@@ -126,7 +126,6 @@ def faust_credentials(settings: Settings):
     """The Kafka SASL/TLS settings as faust credentials (None for PLAINTEXT).
 
         >>> from idproxy.settings import Settings
-    from streams.quarantine import CrashQuarantine
         >>> faust_credentials(Settings()) is None
         True
     """
