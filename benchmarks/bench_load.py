@@ -455,9 +455,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from idproxy.broker_ladder import broker_from_ladder
     from idproxy.movielens import load_movielens
     from idproxy.supervisor import ChildFailed
-    from streams.broker import broker_from_ladder
 
     console = Console()
     if max(args.workers) > settings.kafka.partitions:

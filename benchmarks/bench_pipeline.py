@@ -41,11 +41,11 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     from rich.console import Console
     from rich.table import Table
 
+    from idproxy.broker_ladder import broker_from_ladder
     from idproxy.movielens import load_movielens
     from proxy_model.encoder import ItemContent
     from proxy_model.service import ProxyService
     from store import ProxyStore
-    from streams.broker import broker_from_ladder
     from streams.events import Click, ItemUploaded, to_json
     from streams.kafka_config import producer_config
     from streams.materializer import Materializer

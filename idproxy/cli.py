@@ -23,7 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "align": ("trainer.stage1_job", "Stage-1 alignment on MovieLens-100K with real weights"),
     "bench": ("benchmarks.cli", "run a benchmark (see `idproxy bench --help`)"),
     "store": ("store.cli", "inspect and operate the versioned proxy store; serve its read API"),
-    "broker": ("streams.broker_cli", "start a Kafka broker by the ladder and print its address"),
+    "broker": ("idproxy.broker_cli", "start a Kafka broker by the ladder and print its address"),
     "publish": ("streams.publish", "publish items/clicks from a file, or replay MovieLens-100K"),
     "worker": ("streams.worker", "run a proxy worker (items -> features + proxies)"),
     "materialize": ("streams.materializer", "materialise the proxies topic into the store"),

@@ -26,7 +26,8 @@ class DemoBroker:
         self.restarts = 0
 
     def __enter__(self) -> DemoBroker:
-        from streams.broker import apache_kafka, broker_from_ladder, free_port, kafka_jars
+        from idproxy.broker_ladder import apache_kafka, broker_from_ladder, kafka_jars
+        from streams.broker import free_port
 
         if self.plan.kill_each:
             jars = kafka_jars(self.settings)
@@ -48,7 +49,7 @@ class DemoBroker:
 
     def kill_and_restart(self) -> None:
         """SIGKILL the broker, then start it again with the same data and port."""
-        from streams.broker import apache_kafka
+        from idproxy.broker_ladder import apache_kafka
 
         self.current.process.kill()
         self.current.process.wait(timeout=30)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Fetches the Apache Kafka broker jars (KRaft, single node) through Maven into a cache outside
-# the clone, for rung 3 of the broker ladder (streams/broker.py). Idempotent.
+# the clone, for rung 3 of the broker ladder (idproxy/broker_ladder.py). Idempotent.
 #   KAFKA_VERSION   default 4.1.0 (Scala 2.13 build)
 #   IDPROXY_KAFKA_JARS  destination, default ${IDPROXY_CACHE_DIR:-~/.cache/idproxy}/kafka-$KAFKA_VERSION/libs
 set -euo pipefail

@@ -15,7 +15,7 @@ _RUNGS: list[str] = []
 def kafka_broker():
     """A broker by the ladder: an external one, testcontainers when Docker answers,
     Apache Kafka from jars, else Tansu. The rung is printed in the terminal summary."""
-    from streams.broker import broker_from_ladder
+    from idproxy.broker_ladder import broker_from_ladder
 
     with broker_from_ladder(load_settings(), allow_docker=True) as broker:
         _RUNGS.append(f"rung {broker.rung} ({broker.name}) at {broker.bootstrap}")

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from idproxy.broker_ladder import kafka_jars
 from idproxy.settings import load_settings
-from streams.broker import kafka_jars
 from tests.processes import processes_with_env
 
 pytestmark = pytest.mark.kafka

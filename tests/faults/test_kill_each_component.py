@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import pytest
 
+from idproxy.broker_ladder import kafka_jars
 from idproxy.settings import load_settings
-from streams.broker import kafka_jars
 from tests.demo.test_demo_quick import assert_demo_outputs, assert_exact_end_state, run_demo
 
 pytestmark = pytest.mark.kafka

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from idproxy.broker_ladder import apache_kafka, kafka_jars
 from idproxy.settings import load_settings
-from streams.broker import apache_kafka, free_port, kafka_jars
+from streams.broker import free_port
 from streams.events import ProxyRecordEvent, decode_frame
 from streams.topics import Topics
 from tests.streams.helpers import CliProcess, drain, item_event, produce

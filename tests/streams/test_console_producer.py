@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from idproxy.broker_ladder import kafka_jars
 from idproxy.settings import load_settings
-from streams.broker import kafka_jars
 from streams.events import Click, ItemUploaded, parse_json
 
 pytestmark = pytest.mark.kafka

@@ -15,7 +15,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    from streams.broker import broker_from_ladder
+    from idproxy.broker_ladder import broker_from_ladder
 
     if args.rung:
         settings.kafka.rung = args.rung
