@@ -125,9 +125,9 @@ async def isolated(handle, record: RawRecord, quarantine: CrashQuarantine, dead_
 def faust_credentials(settings: Settings):
     """The Kafka SASL/TLS settings as faust credentials (None for PLAINTEXT).
 
-        >>> from idproxy.settings import Settings
-        >>> faust_credentials(Settings()) is None
-        True
+    >>> from idproxy.settings import Settings
+    >>> faust_credentials(Settings()) is None
+    True
     """
     k = settings.kafka
     if k.security_protocol == "PLAINTEXT":
