@@ -85,27 +85,21 @@ def train_step(
 
 # IDProxy: everything below is new: proxies for a batch, read through the client.
 def read_proxies(
-    client: ProxyClient, items: torch.Tensor, version: str | None = None, chunk: int = 500
+    client: ProxyClient, items: torch.Tensor, version: str | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, str | None]:
     """Item ids [*] -> (proxies [*, 2, d] = (p_coarse, p_fine), has_proxy [*] bool, version).
 
-    Each distinct id is asked once; requests of ``chunk`` ids stay under the API's batch
-    limit. All chunks read one version (the first answer's, or ``version``), so a batch
-    never mixes two. A miss (no proxy yet, or a corrupt value) is ``has_proxy = False``
-    with a zero row: the fusion then leaves that slot to the ID row alone.
+    Each distinct id is asked once. The client splits a long list into requests under the
+    API's batch limit and reads them all from one version (the first answer's, or
+    ``version``), so a batch never mixes two. A miss (no proxy yet, or a corrupt value) is
+    ``has_proxy = False`` with a zero row: the fusion then leaves that slot to the ID row
+    alone.
     """
     uniq, inverse = torch.unique(items.reshape(-1), return_inverse=True)
-    ids = [str(i) for i in uniq.tolist()]
-    coarse, fine, found = [], [], []
-    for start in range(0, len(ids), chunk):
-        got = client.get_many(ids[start : start + chunk], version=version)
-        version = version or got.version
-        coarse.append(got.p_coarse)
-        fine.append(got.p_fine)
-        found.append(got.found)
-    p = torch.from_numpy(np.stack([np.concatenate(coarse), np.concatenate(fine)], axis=1))
-    has = torch.from_numpy(np.concatenate(found))
-    return p[inverse].reshape(*items.shape, 2, -1), has[inverse].reshape(items.shape), version
+    got = client.get_many([str(i) for i in uniq.tolist()], version=version)
+    p = torch.from_numpy(np.stack([got.p_coarse, got.p_fine], axis=1))
+    has = torch.from_numpy(got.found)
+    return p[inverse].reshape(*items.shape, 2, -1), has[inverse].reshape(items.shape), got.version
 
 
 def attach_proxies(

@@ -111,10 +111,12 @@ class ProxyClient:
         timeout_s: float = 5.0,
         retries: int = 2,
         backoff_s: float = 0.1,
+        max_batch_items: int = 1000,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.retries, self.backoff_s = retries, backoff_s
+        self.max_batch_items = max_batch_items  # the server's store.max_batch_items
         self._http = httpx.Client(
             base_url=base_url.rstrip("/"), headers=headers, timeout=timeout_s, transport=transport
         )
@@ -150,8 +152,30 @@ class ProxyClient:
     def get_many(
         self, item_ids: list[str], version: str | None = None, binary: bool = True
     ) -> ProxyBatch:
-        """Many items from one version (binary answer by default, JSON with binary=False)."""
-        body: dict[str, Any] = {"item_ids": list(item_ids)}
+        """Many items from one version (binary answer by default, JSON with binary=False).
+
+        More than ``max_batch_items`` ids go in several requests; the first one's version
+        is pinned for the others, so the answer never mixes two versions.
+        """
+        ids, step = list(item_ids), max(1, self.max_batch_items)
+        if len(ids) <= step:
+            return self._get_batch(ids, version, binary)
+        parts = [self._get_batch(ids[:step], version, binary)]
+        pinned = version if version is not None else parts[0].version
+        parts += [
+            self._get_batch(ids[k : k + step], pinned, binary) for k in range(step, len(ids), step)
+        ]
+        return ProxyBatch(
+            ids,
+            parts[0].version,
+            *(
+                np.concatenate([getattr(p, a) for p in parts])
+                for a in ("p_coarse", "p_fine", "found", "corrupt")
+            ),
+        )
+
+    def _get_batch(self, item_ids: list[str], version: str | None, binary: bool) -> ProxyBatch:
+        body: dict[str, Any] = {"item_ids": item_ids}
         if version is not None:
             body["version"] = version
         accept = OCTET if binary else "application/json"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import doctest
+import json
 import socket
 
 import httpx
@@ -42,6 +43,37 @@ def test_get_many_binary_and_json_agree(api_server):
         assert binary.missing == ["missing"] and not binary.corrupt.any()
         assert client.get("b/c").p_fine.tolist() == [-4.0, -5.0, -6.0, -7.0]
         assert client.versions()["active"] == "v1"
+
+
+class RecordingTransport(httpx.HTTPTransport):
+    """A real HTTP transport that keeps the JSON bodies it sent."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bodies: list[dict] = []
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if request.content:
+            self.bodies.append(json.loads(request.content))
+        return super().handle_request(request)
+
+
+def test_get_many_splits_over_max_batch_items_and_pins_the_first_version(api_server):
+    base, _, _ = api_server()
+    ids = ["a", "missing", "b/c", "a", "nope"]
+    with ProxyClient(base) as whole:
+        want = whole.get_many(ids)
+    transport = RecordingTransport()
+    with ProxyClient(base, max_batch_items=2, transport=transport) as client:
+        for binary in (True, False):
+            transport.bodies.clear()
+            got = client.get_many(ids, binary=binary)
+            assert [len(b["item_ids"]) for b in transport.bodies] == [2, 2, 1]
+            assert [b.get("version") for b in transport.bodies] == [None, "v1", "v1"]
+            assert got.item_ids == ids and got.version == want.version == "v1"
+            assert got.found.tolist() == want.found.tolist() == [True, False, True, True, False]
+            assert got.p_coarse.tobytes() == want.p_coarse.tobytes()
+            assert got.p_fine.tobytes() == want.p_fine.tobytes()
 
 
 def test_errors_are_raised_never_zeros(api_server):
