@@ -54,6 +54,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from idproxy.proxy_wire import CORRUPT, FOUND, encode_batch
 from store.base import BatchResult, ProxyStoreProtocol, VersionInfo
 from store.errors import StoreError, UnknownVersionError, VersionStateError
+from store.version_metrics import VersionCollector
 
 OCTET = "application/octet-stream"
 PUBLIC_PATHS = frozenset({"/healthz", "/metrics", "/openapi.json"})  # no proxy data
@@ -150,6 +151,13 @@ class ProxyApi:
         self.lookups = Counter(
             "idproxy_api_item_lookups", "items looked up", ["result"], registry=self.registry
         )
+        self.registry.register(VersionCollector(self._store_for_metrics))
+
+    def _store_for_metrics(self):
+        if self.store is None:
+            return None
+        self.refresh()
+        return self.store
 
     def refresh(self) -> None:
         """Catches up with the writer, at most once per refresh interval (thread-safe)."""

@@ -33,6 +33,7 @@ from pathlib import Path
 
 from idproxy.settings import Settings
 from streams.lifecycle import commit_or_log, poll_or_wait, stop_signals
+from streams.worker_metrics import WorkerMetrics
 
 log = logging.getLogger(__name__)
 SLOW_BATCH_S = 5.0  # a batch slower than this is logged with where its time went
@@ -78,7 +79,7 @@ class ProxyWorker:
         self.image_limits = ImageLimits.from_settings(settings.worker)
         self.stopping = False
         self._announced: set[str] = set()
-        self._metrics = _Metrics(settings.worker.metrics_port, settings.metrics_host)
+        self._metrics = WorkerMetrics(settings.worker.metrics_port, settings.metrics_host)
 
     # ------------------------------------------------------------------ parsing
     def _content(self, message):
@@ -282,7 +283,7 @@ class ProxyWorker:
                     self.stats.batches += 1
                     self.stats.batch_seconds.append(took)
                     self.stats.dead_letters = self.dlq.count
-                    self._metrics.observe(self, len(messages), took)
+                    self._metrics.observe(self.consumer, self.dlq.count, messages, took)
                     idle_since = time.time()
                     if max_batches is not None and self.stats.batches >= max_batches:
                         break
@@ -322,44 +323,6 @@ def _admin(settings: Settings, broker) -> dict:
     return common_config(settings, broker)
 
 
-class _Metrics:
-    """Prometheus metrics on host:port (off when port is 0); ``address`` is the bound one."""
-
-    def __init__(self, port: int, host: str) -> None:
-        self.enabled = port > 0
-        if not self.enabled:
-            return
-        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-
-        from idproxy.prometheus import serve_metrics
-
-        self.registry = CollectorRegistry()
-        self.items = Counter("idproxy_worker_items", "items proxied", registry=self.registry)
-        self.dlq = Gauge("idproxy_worker_dead_letters", "dead letters sent", registry=self.registry)
-        self.latency = Histogram(
-            "idproxy_worker_batch_seconds", "batch latency", registry=self.registry
-        )
-        self.lag = Gauge(
-            "idproxy_worker_lag", "high watermark - committed offset", registry=self.registry
-        )
-        self.address = serve_metrics(self.registry, port, host)
-
-    def observe(self, worker: ProxyWorker, n_messages: int, seconds: float) -> None:
-        if not self.enabled:
-            return
-        self.items.inc(n_messages)
-        self.dlq.set(worker.dlq.count)
-        self.latency.observe(seconds)
-        lag = 0
-        for tp in worker.consumer.assignment():
-            high = worker.consumer.highwater(tp)
-            committed = worker.consumer.committed(tp) or 0
-            if high is not None:
-                lag += max(0, high - committed)
-        self.lag.set(lag)
-
-
-# ---------------------------------------------------------------------- CLI
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tiny", action="store_true", help="tiny random model (tests)")
     parser.add_argument("--idle-exit", type=float, help="exit after this many idle seconds")

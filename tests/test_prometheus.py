@@ -6,7 +6,7 @@ import pytest
 
 from idproxy.settings import Settings
 from streams.broker import free_port
-from streams.worker import _Metrics as WorkerMetrics
+from streams.worker_metrics import WorkerMetrics
 from trainer.online_report import TrainerMetrics
 
 
@@ -29,3 +29,23 @@ def test_endpoint_binds_the_configured_host_and_serves_metrics(metrics, host):
 @pytest.mark.parametrize("metrics", [WorkerMetrics, TrainerMetrics], ids=["worker", "trainer"])
 def test_port_zero_means_no_endpoint(metrics):
     assert not metrics(0, "127.0.0.1").enabled
+
+
+def test_worker_freshness_is_upload_timestamp_to_commit(monkeypatch):
+    """The worker's freshness histogram: now - the upload record's Kafka timestamp (ms);
+    records without a timestamp are not counted."""
+    from types import SimpleNamespace
+
+    import streams.worker_metrics
+
+    monkeypatch.setattr("idproxy.prometheus.serve_metrics", lambda registry, port, host: None)
+    metrics = WorkerMetrics(9100, "127.0.0.1")
+    monkeypatch.setattr(streams.worker_metrics.time, "time", lambda: 1000.0)
+    consumer = SimpleNamespace(assignment=lambda: [])
+    records = [SimpleNamespace(timestamp=t) for t in (999_000, 995_500, -1, None)]
+    metrics.observe(consumer, 0, records, 0.1)
+    value = metrics.registry.get_sample_value
+    assert value("idproxy_worker_freshness_seconds_count") == 2
+    assert value("idproxy_worker_freshness_seconds_sum") == 1.0 + 4.5
+    assert value("idproxy_worker_freshness_seconds_bucket", {"le": "1.0"}) == 1
+    assert value("idproxy_worker_items_total") == 4

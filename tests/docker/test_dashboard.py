@@ -1,9 +1,9 @@
 """The monitoring files of docker/: Prometheus scrape config, Grafana provisioning, dashboard.
 
 Runs without Docker. The metrics the code exports are read from the real prometheus_client
-registries: the worker's and the trainer's ``_Metrics`` are built with their HTTP endpoint
-stubbed out, the store API's ``ProxyApi`` without a store. Every metric name in every panel's
-PromQL must be one of them (with a sample suffix its type exposes), every label it matches
+registries: the worker's and the trainer's metrics are built with their HTTP endpoint
+stubbed out, the store API's ``ProxyApi`` on a stub store with one version. Every metric
+name in every panel's PromQL must be one of them (with a sample suffix its type exposes), every label it matches
 or groups by must exist, and every job it selects must be scraped. The scrape config must
 name every compose service that exports metrics, at the port compose configures, and
 compose must mount the configuration files into the prometheus and grafana services.
@@ -70,25 +70,46 @@ def _families(registry, exporter: str) -> list[Family]:
         for c in registry._collector_to_names
         if hasattr(c, "_labelnames")
     }
+    # a custom collector (the store's versions) declares none: its samples carry them
     return [
-        Family(m.name, m.type, labels.get(m.name, ()), exporter)
+        Family(
+            m.name,
+            m.type,
+            labels.get(m.name) or tuple(sorted({k for x in m.samples for k in x.labels})),
+            exporter,
+        )
         for m in registry.collect()
         if m.type in SUFFIXES
     ]
+
+
+class OneVersionStore:
+    """What the read API's version metrics read: one published, active version."""
+
+    def versions(self):
+        from store.base import VersionInfo
+
+        return [VersionInfo(version="v1", status="active", created_at=0, published_at=1)]
+
+    def active_version(self) -> str:
+        return "v1"
+
+    def refresh(self) -> None:
+        pass
 
 
 @functools.cache
 def _registries() -> dict[str, object]:
     """Exporter (the idproxy subcommand) -> the registry its metrics live in."""
     from store.http_api import ProxyApi
-    from streams import worker
-    from trainer import online
+    from streams.worker_metrics import WorkerMetrics
+    from trainer.online_report import TrainerMetrics
 
     with pytest.MonkeyPatch.context() as mp:  # no HTTP server: the registries only
         mp.setattr("idproxy.prometheus.serve_metrics", lambda registry, port, host: (host, port))
-        worker_metrics = worker._Metrics(9100, "127.0.0.1")
-        trainer_metrics = online._Metrics(9101, "127.0.0.1")
-    api = ProxyApi(None, max_request_bytes=1, max_batch_items=1)
+        worker_metrics = WorkerMetrics(9100, "127.0.0.1")
+        trainer_metrics = TrainerMetrics(9101, "127.0.0.1")
+    api = ProxyApi(OneVersionStore(), max_request_bytes=1, max_batch_items=1)
     return {
         "worker": worker_metrics.registry,
         "trainer": trainer_metrics.registry,

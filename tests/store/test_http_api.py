@@ -85,6 +85,17 @@ def test_versions_health_metrics_and_live_publish(server):
     metrics = call(f"{base}/metrics")[1].decode()
     assert 'idproxy_api_requests_total{route="get",status="200"}' in metrics
     assert "idproxy_api_latency_seconds_bucket" in metrics
+    # the store's versions, read at scrape time: v2 is served, both published versions kept
+    assert 'idproxy_store_active_version_info{version="v2"} 1.0' in metrics
+    assert 'idproxy_store_active_version_info{version="v1"}' not in metrics
+    assert 'idproxy_store_version_items{version="v2"} 1.0' in metrics
+    assert "idproxy_store_published_versions 2.0" in metrics
+    (age,) = [
+        float(line.split()[1])
+        for line in metrics.splitlines()
+        if line.startswith("idproxy_store_active_version_age_seconds ")
+    ]
+    assert 0 <= age < 60
 
 
 def test_binary_batch_is_bit_identical_to_json(server):
