@@ -6,9 +6,11 @@
 * Vector records (``ItemFeaturesRecord``, ``ProxyRecordEvent``) travel as a compact binary
   frame, not JSON floats::
 
-      b"IDPF" | u32 header length | JSON header | raw little-endian float32 arrays
+      b"IDPF" | u32 header length | JSON header | raw little-endian arrays
 
-  The header lists each array's name and shape; the frame must be exactly that long.
+  The header lists each array's name, shape and (when not float32) dtype; the frame must
+  be exactly that long. Training samples travel in the same frame as columnar
+  micro-batches (``streams/sample_batch.py``).
 
 JSON Schemas generated from these models are in ``schemas/`` (``idproxy schemas``,
 ``streams/schemas.py``); byte layouts, keys and limits in docs/WIRE_FORMAT.md.
@@ -191,19 +193,32 @@ def to_json(event: BaseModel) -> bytes:
     return event.model_dump_json().encode()
 
 
-def encode_frame(header: BaseModel, arrays: dict[str, np.ndarray]) -> bytes:
-    """Header model + named float arrays -> one binary frame."""
-    meta = {
-        "header": header.model_dump(mode="json"),
-        "arrays": [[name, list(a.shape)] for name, a in arrays.items()],
-    }
-    head = json.dumps(meta).encode()
-    body = b"".join(np.ascontiguousarray(a, dtype="<f4").tobytes() for a in arrays.values())
-    return FRAME_MAGIC + struct.pack("<I", len(head)) + head + body
+FRAME_DTYPES = frozenset({"<f4", "<f8", "<i8", "<i4", "|i1", "|b1"})  # little-endian
+
+
+def encode_frame(
+    header: BaseModel, arrays: dict[str, np.ndarray], dtypes: dict[str, str] | None = None
+) -> bytes:
+    """Header model + named arrays -> one binary frame.
+
+    Arrays are written as little-endian float32, except those named in ``dtypes`` (one of
+    ``FRAME_DTYPES``), whose dtype the header then records: ``[name, shape, dtype]``.
+    """
+    dtypes = dtypes or {}
+    entries, blobs = [], []
+    for name, a in arrays.items():
+        dtype = dtypes.get(name, "<f4")
+        if dtype not in FRAME_DTYPES:
+            raise ValueError(f"array {name!r}: dtype {dtype!r} not in {sorted(FRAME_DTYPES)}")
+        a = np.ascontiguousarray(a, dtype=dtype)
+        entries.append([name, list(a.shape)] + ([dtype] if dtype != "<f4" else []))
+        blobs.append(a.tobytes())
+    head = json.dumps({"header": header.model_dump(mode="json"), "arrays": entries}).encode()
+    return FRAME_MAGIC + struct.pack("<I", len(head)) + head + b"".join(blobs)
 
 
 def decode_frame(raw: bytes, model: type[ModelT]) -> tuple[ModelT, dict[str, np.ndarray]]:
-    """Binary frame -> (header model, {name: float32 array}); EventError if malformed."""
+    """Binary frame -> (header model, {name: array}); EventError if malformed."""
     if raw is None or len(raw) < 8 or raw[:4] != FRAME_MAGIC:
         raise EventError("not an IDPF binary frame")
     (n,) = struct.unpack("<I", raw[4:8])
@@ -211,11 +226,16 @@ def decode_frame(raw: bytes, model: type[ModelT]) -> tuple[ModelT, dict[str, np.
         meta = json.loads(raw[8 : 8 + n])
         header = model.model_validate(meta["header"])
         arrays, offset = {}, 8 + n
-        for name, shape in meta["arrays"]:
-            size = int(np.prod(shape)) * 4
+        for entry in meta["arrays"]:
+            name, shape, dtype = (*entry, "<f4") if len(entry) == 2 else entry
+            if dtype not in FRAME_DTYPES or not isinstance(name, str):
+                raise EventError(f"array {name!r} of unsupported dtype {dtype!r}")
+            if any(not isinstance(d, int) or d < 0 for d in shape):
+                raise EventError(f"array {name!r} has a bad shape {shape!r}")
+            size = int(np.prod(shape)) * np.dtype(dtype).itemsize
             if offset + size > len(raw):
                 raise EventError(f"frame truncated in array {name!r}")
-            arrays[name] = np.frombuffer(raw[offset : offset + size], dtype="<f4").reshape(shape)
+            arrays[name] = np.frombuffer(raw[offset : offset + size], dtype=dtype).reshape(shape)
             offset += size
     except (ValueError, KeyError, TypeError, RecursionError) as exc:
         # RecursionError: a header nested past json's recursion limit (it escaped as a

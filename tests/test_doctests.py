@@ -14,6 +14,7 @@ MODULES = [
     "streams.offset_gaps",
     "streams.bad_events",
     "streams.events",
+    "streams.sample_batch",
     "idproxy.supervisor",
     "idproxy.demo_report",
     "proxy_model.heads",
