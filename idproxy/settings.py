@@ -149,6 +149,17 @@ class WorkerSettings(BaseModel):
     group_id: str = "idproxy-workers"
 
 
+class ProcessorSettings(BaseModel):
+    """The faust stream processor (`idproxy processor`): how it batches training samples."""
+
+    samples_batch_max: int = Field(
+        256, ge=1, description="Samples per frame on `samples`: a full buffer is sent at once"
+    )
+    samples_linger_ms: int = Field(
+        50, ge=1, description="A partition's buffer is sent once its oldest entry is this old"
+    )
+
+
 class TrainerSettings(BaseModel):
     """The CTR ranker, the offline Table-1 benchmark and the online Stage-2 trainer."""
 
@@ -289,6 +300,7 @@ class Settings(BaseSettings):
     kafka: KafkaSettings = KafkaSettings()
     store: StoreSettings = StoreSettings()
     worker: WorkerSettings = WorkerSettings()
+    processor: ProcessorSettings = ProcessorSettings()
     trainer: TrainerSettings = TrainerSettings()
     demo: DemoSettings = DemoSettings()
 

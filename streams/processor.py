@@ -29,17 +29,92 @@ click still counts towards the item's τ counter.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import logging
+from functools import partial
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from pydantic import Field
+
 from idproxy.settings import Settings
+from streams.events import Click, EventError, ItemId
 from streams.quarantine import CrashQuarantine
 
 log = logging.getLogger(__name__)
 
 REPLAY_WINDOW = 2000  # per item: sample ids remembered to recognise re-deliveries
+SAMPLES_MAX_FRAME_BYTES = 1_000_000  # under the broker's default record limit (1 MiB)
+FLOAT32_MAX = 3.4028234663852886e38
+INT32_MAX = 2**31 - 1
+
+
+class KeyedClick(Click):
+    """A record of ``clicks-by-item``: the click, its sample id and the history before it."""
+
+    sample_id: str = Field(
+        pattern=r"^[^/]+/[0-9]+/[0-9]+$", description="<topic>/<partition>/<offset>"
+    )
+    history: list[ItemId] = Field(description="the user's clicked items before it, oldest first")
+
+
+def sample_row(doc: KeyedClick, item_interactions: int, upload_ts: float | None) -> dict:
+    """The row :meth:`SampleBatch.from_rows` takes; EventError when a column would break
+    the samples contract (so that one record, not its whole frame, is dead-lettered).
+
+    >>> doc = KeyedClick(user_id="u", item_id="7", label=1, ts=100.0,
+    ...                  sample_id="clicks/2/5", history=["3"])
+    >>> row = sample_row(doc, 4, upload_ts=40.0)
+    >>> row["sample_key"] == 2 << 40 | 5, row["item_age_s"], row["item_known"]
+    (True, 60.0, True)
+    >>> sample_row(doc, 0, upload_ts=-1e39)
+    Traceback (most recent call last):
+    ...
+    streams.events.EventError: item age 1e+39 s does not fit the float32 column
+    """
+    from streams.sample_batch import sample_key
+
+    _, partition, offset = doc.sample_id.rsplit("/", 2)
+    age = None if upload_ts is None else max(0.0, doc.ts - upload_ts)
+    if age is not None and age > FLOAT32_MAX:
+        raise EventError(f"item age {age:g} s does not fit the float32 column")
+    return {
+        "sample_key": sample_key(int(partition), int(offset)),
+        "user": doc.user_id,
+        "item": doc.item_id,
+        "label": doc.label,
+        "ts": doc.ts,
+        "history": doc.history,
+        "item_interactions": min(item_interactions, INT32_MAX),
+        "item_age_s": age,
+        "item_known": upload_ts is not None,
+    }
+
+
+def check_frame_size(batch_max: int, history_len: int) -> None:
+    """Refuses settings whose full frame could not fit one Kafka record, or whose history
+    does not fit the contract (at startup, not at the first full buffer).
+
+    >>> check_frame_size(256, 20)
+    >>> check_frame_size(10_000, 20)
+    Traceback (most recent call last):
+    ...
+    ValueError: samples frames of 10000 rows of history 20: 2031000 bytes > 1000000
+    """
+    import numpy as np
+
+    from streams.sample_batch import COLUMNS, MAX_HISTORY_LEN
+
+    if not 0 <= history_len <= MAX_HISTORY_LEN:
+        raise ValueError(f"trainer.history_len {history_len} is outside [0, {MAX_HISTORY_LEN}]")
+    row = sum(np.dtype(d).itemsize for name, d in COLUMNS.items() if name != "history")
+    size = 1000 + batch_max * (row + 8 * history_len)  # 1000: the JSON header, generously
+    if size > SAMPLES_MAX_FRAME_BYTES:
+        raise ValueError(  # lower processor.samples_batch_max
+            f"samples frames of {batch_max} rows of history {history_len}: "
+            f"{size} bytes > {SAMPLES_MAX_FRAME_BYTES}"
+        )
 
 
 def ack_only_live_events() -> None:
@@ -75,7 +150,26 @@ def ack_only_live_events() -> None:
         return original(self)
 
     ack._idproxy_live_only = True  # type: ignore[attr-defined]
+    ack._idproxy_faust_ack = original  # type: ignore[attr-defined]
     faust.events.Event.ack = ack  # type: ignore[method-assign]
+
+
+def ack_delivered(stream, event) -> bool:
+    """``stream.ack(event)`` for an event whose samples the broker has, without the
+    live-event check of :func:`ack_only_live_events` (that one is for events faust skipped,
+    never processed). During a rebalance or a stop, faust suspends the flow and then waits,
+    with no time limit, until every event handed to an agent is acknowledged
+    (``Consumer.wait_empty``): the buffered events are acknowledged then, as faust's own
+    iterator would acknowledge a processed event."""
+    import faust.events
+
+    ack = faust.events.Event.ack
+    last = getattr(ack, "_idproxy_faust_ack", ack)(event)
+    m = event.message
+    stream._on_stream_event_out(m.tp, m.offset, stream, event)
+    if last:
+        stream._on_message_out(m.tp, m.offset, m)
+    return last
 
 
 class RawRecord(NamedTuple):
@@ -156,20 +250,17 @@ def build_app(settings: Settings, broker, datadir: Path):
     import faust
 
     from streams.dlq import DLQ_MAX_BYTES, is_infrastructure_error, letter_record
-    from streams.events import (
-        MAX_CLICK_BYTES,
-        Click,
-        EventError,
-        ItemUploaded,
-        TrainingSample,
-        parse_json,
-        to_json,
-    )
+    from streams.events import MAX_CLICK_BYTES, ItemUploaded, parse_json
     from streams.inflight_markers import FileMarkers
     from streams.kafka_config import common_config, consumer_config
     from streams.offset_gaps import OffsetGapFiller, kafka_range_reader
+    from streams.sample_batch import SampleBatch
+    from streams.sample_buffers import SampleBuffers
     from streams.topics import PROCESSOR_TABLES, ensure_topics
 
+    history_len = settings.trainer.history_len
+    batch_max = settings.processor.samples_batch_max
+    check_frame_size(batch_max, history_len)
     ack_only_live_events()
     topics = ensure_topics(settings, common_config(settings, broker))
     partitions = settings.kafka.partitions
@@ -203,7 +294,6 @@ def build_app(settings: Settings, broker, datadir: Path):
     uploaded = app.Table(uploaded_t, partitions=partitions, options=rocks)
     counts = app.Table(counts_t, default=dict, partitions=partitions, options=rocks)
     history = app.Table(history_t, default=list, partitions=partitions, options=rocks)
-    history_len = settings.trainer.history_len
 
     gaps = OffsetGapFiller(kafka_range_reader(consumer_config(settings, broker, None)))
 
@@ -237,46 +327,47 @@ def build_app(settings: Settings, broker, datadir: Path):
         }
         await by_item.send(key=click.item_id.encode(), value=json.dumps(doc).encode())
 
+    async def send_frame(partition: int, rows: list[dict]) -> None:
+        """One frame on the samples partition of the same number; returns once delivered."""
+        frame = SampleBatch.from_rows(rows, history_len).encode()
+        sent = await samples.send(key=str(partition).encode(), value=frame, partition=partition)
+        await sent
+
+    linger_s = settings.processor.samples_linger_ms / 1000
+    buffers = SampleBuffers(send_frame, batch_max, linger_s)
+
     async def add_item_state(record: RawRecord) -> None:
-        """Keyed click -> TrainingSample with the item's count and age before this click."""
-        doc = json.loads(record.value)
-        item = doc["item_id"]
+        """Keyed click -> sample row with the item's count and age before this click,
+        appended to the buffer of the record's partition."""
+        doc = KeyedClick.model_validate(json.loads(record.value))
+        item = doc.item_id
         upload_ts = uploaded.get(item)
         state = counts[item] or {"n": 0, "recent": {}}
-        seen_before = state["recent"].get(doc["sample_id"])
+        seen_before = state["recent"].get(doc.sample_id)
+        row = sample_row(doc, state["n"] if seen_before is None else seen_before, upload_ts)
         if seen_before is None:  # first delivery: count it
-            seen_before = state["n"]
-            recent = {**state["recent"], doc["sample_id"]: seen_before}
+            recent = {**state["recent"], doc.sample_id: state["n"]}
             counts[item] = {
-                "n": seen_before + 1,
+                "n": state["n"] + 1,
                 "recent": dict(list(recent.items())[-REPLAY_WINDOW:]),
             }
-        sample = TrainingSample(
-            sample_id=doc["sample_id"],
-            user_id=doc["user_id"],
-            item_id=item,
-            label=doc["label"],
-            ts=doc["ts"],
-            history=doc["history"],
-            item_interactions=seen_before,
-            item_age_s=None if upload_ts is None else max(0.0, doc["ts"] - upload_ts),
-            item_known=upload_ts is not None,
-            context=doc.get("context", {}),
-        )
-        await samples.send(key=doc["user_id"].encode(), value=to_json(sample))
+        buffers.add(record.partition, row)
 
     def quarantine(agent: str) -> CrashQuarantine:
         markers = FileMarkers(datadir / f"inflight-{agent}.json")
         return CrashQuarantine(markers, settings.kafka.quarantine_deaths)
 
-    async def each_record(stream, handle, quarantine: CrashQuarantine) -> None:
-        """Runs ``handle`` on every record, first on any the stream skipped before it."""
-        async for event in stream.events():
+    async def each_record(events, handle, quarantine: CrashQuarantine, done=None) -> None:
+        """Runs ``handle`` on every record, first on any the stream skipped before it;
+        then ``await done(event)`` (manual acknowledgement) when given."""
+        async for event in events:
             m = event.message
             for skipped in gaps.missing(m.topic, m.partition, m.offset):
                 await isolated(handle, RawRecord.of(skipped), quarantine, dead_letter)
             record = RawRecord(m.topic, m.partition, m.offset, event.key, event.value)
             await isolated(handle, record, quarantine, dead_letter)
+            if done is not None:
+                await done(event)
 
     watched = {topics.clicks, topics.clicks_by_item}
     stall_s = settings.kafka.stream_stall_s
@@ -297,7 +388,7 @@ def build_app(settings: Settings, broker, datadir: Path):
 
     @app.agent(clicks)
     async def with_history(stream):
-        await each_record(stream, add_history, quarantine("with-history"))
+        await each_record(stream.events(), add_history, quarantine("with-history"))
 
     @app.agent(items)
     async def remember_uploads(stream):
@@ -316,7 +407,24 @@ def build_app(settings: Settings, broker, datadir: Path):
 
     @app.agent(by_item)
     async def with_item_state(stream):
-        await each_record(stream, add_item_state, quarantine("with-item-state"))
+        manual = stream.noack()  # acknowledged by the buffers, once the samples are sent
+
+        async def done(event) -> None:
+            await buffers.done(event.message.partition, partial(ack_delivered, manual, event))
+
+        await each_record(manual.events(), add_item_state, quarantine("with-item-state"), done)
+
+    @app.task
+    async def flush_samples() -> None:
+        """Sends the sample buffers older than the linger time. When the flow is suspended
+        (a rebalance, or a stop) no new event arrives and faust waits until every event
+        handed to an agent is acknowledged (``Consumer.wait_empty``, no time limit), so
+        everything buffered is sent at once. A task, not ``app.timer``: a timer ends as
+        soon as the app is stopping, *before* that wait, which then never ends."""
+        while True:
+            await asyncio.sleep(min(linger_s / 2, 0.1))
+            suspended = app.should_stop or not app.flow_control.is_active()
+            await buffers.flush_due(everything=suspended)
 
     return app
 

@@ -19,6 +19,7 @@ MODULES = [
     "idproxy.demo_report",
     "proxy_model.heads",
     "streams.processor",
+    "streams.sample_buffers",
     "trainer.growing_embedding",
     "benchmarks.bench_online",
     "streams.fast_decode",
