@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 
@@ -20,11 +21,15 @@ def bootstrap(sup, plan: Plan, settings: Settings, broker, replay: list[str]) ->
     run_to_end(sup, "history", [*replay, "--part", "history"])
     end = time.time() + settings.demo.ready_timeout_s
     samples_topic = f"{sup.env['IDPROXY_KAFKA_TOPIC_PREFIX']}samples"
-    while (n := _samples_in_topic(settings, broker.current, samples_topic)) < plan.history:
-        sup.check_alive()
-        if time.time() >= end:
-            raise ChildFailed(f"only {n}/{plan.history} history samples reached the topic")
-        time.sleep(1)
+    in_topic = SamplesInTopic(settings, broker.current, samples_topic)
+    try:
+        while (n := in_topic.count()) < plan.history:
+            sup.check_alive()
+            if time.time() >= end:
+                raise ChildFailed(f"only {n}/{plan.history} history samples reached the topic")
+            time.sleep(1)
+    finally:
+        in_topic.close()
     r = plan.run_dir
     tiny = ["--tiny"] if plan.tiny else []
     print(f"demo: {plan.history:,} history samples; bootstrapping the deployment", flush=True)
@@ -64,16 +69,37 @@ def run_to_end(sup, name: str, args: list[str]) -> None:
     sup.stop(name)
 
 
-def _samples_in_topic(settings: Settings, broker, topic: str) -> int:
-    """Records in ``topic`` (the sum of its partitions' end offsets)."""
-    from kafka import KafkaConsumer, TopicPartition
+class SamplesInTopic:
+    """Samples that reached ``topic`` so far: the counts in the headers of its frames
+    (``streams/sample_batch.py``; re-deliveries included), each frame read once."""
 
-    from streams.kafka_config import consumer_config
+    def __init__(self, settings: Settings, broker, topic: str) -> None:
+        from kafka import KafkaConsumer, TopicPartition
 
-    consumer = KafkaConsumer(**consumer_config(settings, broker, None))
-    try:
-        parts = consumer.partitions_for_topic(topic) or set()
-        ends = consumer.end_offsets([TopicPartition(topic, p) for p in parts])
-        return sum(ends.values())
-    finally:
-        consumer.close()
+        from streams.kafka_config import consumer_config
+        from streams.topics import partitions_for
+
+        self.consumer = KafkaConsumer(**consumer_config(settings, broker, None))
+        self.tps = [TopicPartition(topic, p) for p in partitions_for(self.consumer, topic)]
+        self.consumer.assign(self.tps)
+        self.consumer.seek_to_beginning(*self.tps)
+        self.samples = 0
+
+    def count(self, timeout_s: float = 30.0) -> int:
+        """Reads the frames up to the current end of the topic; the samples counted."""
+        from streams.events import EventError, decode_frame
+        from streams.sample_batch import SampleBatchHeader
+
+        ends = self.consumer.end_offsets(self.tps)
+        deadline = time.time() + timeout_s
+        while time.time() < deadline and any(
+            self.consumer.position(tp) < ends[tp] for tp in self.tps
+        ):
+            for records in self.consumer.poll(timeout_ms=500).values():
+                for r in records:
+                    with contextlib.suppress(EventError):  # not a frame of samples: none
+                        self.samples += decode_frame(r.value, SampleBatchHeader)[0].count
+        return self.samples
+
+    def close(self) -> None:
+        self.consumer.close()

@@ -17,7 +17,6 @@ from store import ProxyStore
 from streams.events import (
     DeadLetter,
     ProxyRecordEvent,
-    TrainingSample,
     VersionCommit,
     decode_frame,
     encode_frame,
@@ -26,6 +25,7 @@ from streams.events import (
 )
 from streams.kafka_config import common_config, producer_config
 from streams.materializer import Materializer
+from streams.sample_batch import SampleBatch, id_hash
 from streams.topics import ensure_topics
 from streams.worker import ProxyWorker
 from tests.streams.helpers import CliProcess, drain, item_event
@@ -134,15 +134,16 @@ def test_the_processor_reads_clicks_and_items_in_every_codec(
                 topics.clicks,
                 [(c["user_id"].encode(), json.dumps(c).encode()) for c in batch],
             )
-        want = {(c["user_id"], c["ts"]) for c in clicks}
-        samples: dict = {}
+        want = {(id_hash(c["user_id"]), c["ts"]) for c in clicks}
+        samples: dict = {}  # sample key -> (user, ts)
         end = time.time() + 180
         while time.time() < end and len(samples) < len(want):
             for r in drain(kafka_settings, kafka_broker, topics.samples, idle_s=2, timeout_s=20):
-                s = parse_json(r.value, TrainingSample)
-                samples[s.sample_id] = s
+                b = SampleBatch.decode(r.value)
+                for key, user, ts in zip(b.sample_key, b.user, b.ts, strict=True):
+                    samples[int(key)] = (int(user), float(ts))
             assert proc.proc.poll() is None, proc.output()[-3000:]
-        assert {(s.user_id, s.ts) for s in samples.values()} == want
+        assert set(samples.values()) == want
         letters = [
             parse_json(r.value, DeadLetter)
             for r in drain(kafka_settings, kafka_broker, topics.dlq, idle_s=1)

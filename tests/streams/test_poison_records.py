@@ -18,7 +18,6 @@ from streams.events import (
     DeadLetter,
     ItemFeaturesRecord,
     ProxyRecordEvent,
-    TrainingSample,
     VersionCommit,
     decode_frame,
     encode_frame,
@@ -27,6 +26,7 @@ from streams.events import (
 )
 from streams.kafka_config import common_config
 from streams.materializer import Materializer
+from streams.sample_batch import SampleBatch, id_hash
 from streams.topics import Topics, ensure_topics
 from streams.worker import ProxyWorker
 from tests.proxy_model.test_image_decoding import png_bomb, png_header_only
@@ -230,21 +230,24 @@ def test_the_processor_dead_letters_a_record_it_fails_on_and_goes_on(
             topics.clicks,
             [(c["user_id"].encode(), json.dumps(c).encode()) for c in clicks[6:]],
         )
-        want = {(c["user_id"], c["ts"]) for c in clicks}
+        want = {(id_hash(c["user_id"]), c["ts"]) for c in clicks}
         got: set = set()
         letters: dict = {}
         end = time.time() + 180
         while time.time() < end and (got != want or len(letters) < len(poison)):
-            samples = drain(kafka_settings, kafka_broker, topics.samples, idle_s=2, timeout_s=20)
+            frames = drain(kafka_settings, kafka_broker, topics.samples, idle_s=2, timeout_s=20)
             got = {
-                (s.user_id, s.ts) for s in (parse_json(r.value, TrainingSample) for r in samples)
+                (int(user), float(ts))
+                for b in (SampleBatch.decode(r.value) for r in frames)
+                for user, ts in zip(b.user, b.ts, strict=True)
             }
             letters = {bytes(x.key_b64): x for x in _letters(kafka_settings, kafka_broker, topics)}
             assert proc.proc.poll() is None, proc.output()[-3000:]
         assert got == want
         assert set(letters) == set(poison)
         assert letters[b"not-json"].reason.startswith("JSONDecodeError: ")
-        assert letters[b"no-sample-id"].reason == "KeyError: 'sample_id'"
+        assert letters[b"no-sample-id"].reason.startswith("ValidationError: ")
+        assert "sample_id" in letters[b"no-sample-id"].reason
         assert letters[b"bad-label"].reason.startswith("ValidationError: ")
         for key, letter in letters.items():
             assert letter.component == "processor" and bytes(letter.value_b64) == poison[key]
