@@ -13,13 +13,24 @@ by a changelog topic, and recovered after a restart):
 2. ``with_item_state`` (clicks-by-item and items, keyed by item): tables ``item-uploaded``
    (first upload time) and ``item-interactions`` (count, plus the count each recent
    sample id saw). The click reads the count and age *before* counting itself, is flagged
-   ``item_known=False`` when no upload was seen yet, and becomes a ``TrainingSample`` on
-   ``samples`` keyed by user.
+   ``item_known=False`` when no upload was seen yet, and becomes a sample row appended to
+   the buffer of its ``clicks-by-item`` partition.
 
-Processing is at least once, and re-deliveries after a crash are idempotent: a replayed
-click does not enter the history or the count twice, and its sample is rebuilt from the
-offsets and remembered counts, so it is identical to the first one (same ``sample_id``,
-same content); consumers de-duplicate by ``sample_id``.
+Samples go out as binary columnar micro-batches (``streams/sample_batch.py``): a buffer is
+sent as one ``SampleBatch`` frame on the ``samples`` partition with its source partition's
+number, keyed by that number in ASCII, when it holds ``processor.samples_batch_max`` rows
+(default 256) or its oldest entry is ``processor.samples_linger_ms`` old (default 50 ms;
+the ``flush_samples`` task checks).
+
+Processing is at least once. ``with_item_state`` acknowledges its events by hand (a faust
+no-ack stream, ``streams/sample_buffers.py``): an event only after the frame holding its
+sample is delivered, and a partition's events in offset order (an event without a sample,
+dead-lettered or skipped, at once unless an earlier one of its partition is pending). On a
+clean stop the buffers are sent and committed; after a crash their clicks, never
+acknowledged, are re-delivered. Re-deliveries are idempotent: a replayed click does not
+enter the history or the count twice, and its sample is rebuilt from the offsets and
+remembered counts, so it is identical to the first one (same ``sample_key``, same
+content); consumers de-duplicate by ``sample_key``.
 
 How the trainer treats ``item_known=False``: the item's proxy is missing (its upload has
 not been processed), so the row trains the ID slot only, with the proxy miss mask set; the
@@ -36,85 +47,12 @@ from functools import partial
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from pydantic import Field
-
 from idproxy.settings import Settings
-from streams.events import Click, EventError, ItemId
 from streams.quarantine import CrashQuarantine
 
 log = logging.getLogger(__name__)
 
 REPLAY_WINDOW = 2000  # per item: sample ids remembered to recognise re-deliveries
-SAMPLES_MAX_FRAME_BYTES = 1_000_000  # under the broker's default record limit (1 MiB)
-FLOAT32_MAX = 3.4028234663852886e38
-INT32_MAX = 2**31 - 1
-
-
-class KeyedClick(Click):
-    """A record of ``clicks-by-item``: the click, its sample id and the history before it."""
-
-    sample_id: str = Field(
-        pattern=r"^[^/]+/[0-9]+/[0-9]+$", description="<topic>/<partition>/<offset>"
-    )
-    history: list[ItemId] = Field(description="the user's clicked items before it, oldest first")
-
-
-def sample_row(doc: KeyedClick, item_interactions: int, upload_ts: float | None) -> dict:
-    """The row :meth:`SampleBatch.from_rows` takes; EventError when a column would break
-    the samples contract (so that one record, not its whole frame, is dead-lettered).
-
-    >>> doc = KeyedClick(user_id="u", item_id="7", label=1, ts=100.0,
-    ...                  sample_id="clicks/2/5", history=["3"])
-    >>> row = sample_row(doc, 4, upload_ts=40.0)
-    >>> row["sample_key"] == 2 << 40 | 5, row["item_age_s"], row["item_known"]
-    (True, 60.0, True)
-    >>> sample_row(doc, 0, upload_ts=-1e39)
-    Traceback (most recent call last):
-    ...
-    streams.events.EventError: item age 1e+39 s does not fit the float32 column
-    """
-    from streams.sample_batch import sample_key
-
-    _, partition, offset = doc.sample_id.rsplit("/", 2)
-    age = None if upload_ts is None else max(0.0, doc.ts - upload_ts)
-    if age is not None and age > FLOAT32_MAX:
-        raise EventError(f"item age {age:g} s does not fit the float32 column")
-    return {
-        "sample_key": sample_key(int(partition), int(offset)),
-        "user": doc.user_id,
-        "item": doc.item_id,
-        "label": doc.label,
-        "ts": doc.ts,
-        "history": doc.history,
-        "item_interactions": min(item_interactions, INT32_MAX),
-        "item_age_s": age,
-        "item_known": upload_ts is not None,
-    }
-
-
-def check_frame_size(batch_max: int, history_len: int) -> None:
-    """Refuses settings whose full frame could not fit one Kafka record, or whose history
-    does not fit the contract (at startup, not at the first full buffer).
-
-    >>> check_frame_size(256, 20)
-    >>> check_frame_size(10_000, 20)
-    Traceback (most recent call last):
-    ...
-    ValueError: samples frames of 10000 rows of history 20: 2031000 bytes > 1000000
-    """
-    import numpy as np
-
-    from streams.sample_batch import COLUMNS, MAX_HISTORY_LEN
-
-    if not 0 <= history_len <= MAX_HISTORY_LEN:
-        raise ValueError(f"trainer.history_len {history_len} is outside [0, {MAX_HISTORY_LEN}]")
-    row = sum(np.dtype(d).itemsize for name, d in COLUMNS.items() if name != "history")
-    size = 1000 + batch_max * (row + 8 * history_len)  # 1000: the JSON header, generously
-    if size > SAMPLES_MAX_FRAME_BYTES:
-        raise ValueError(  # lower processor.samples_batch_max
-            f"samples frames of {batch_max} rows of history {history_len}: "
-            f"{size} bytes > {SAMPLES_MAX_FRAME_BYTES}"
-        )
 
 
 def ack_only_live_events() -> None:
@@ -250,12 +188,13 @@ def build_app(settings: Settings, broker, datadir: Path):
     import faust
 
     from streams.dlq import DLQ_MAX_BYTES, is_infrastructure_error, letter_record
-    from streams.events import MAX_CLICK_BYTES, ItemUploaded, parse_json
+    from streams.events import MAX_CLICK_BYTES, Click, EventError, ItemUploaded, parse_json
     from streams.inflight_markers import FileMarkers
     from streams.kafka_config import common_config, consumer_config
     from streams.offset_gaps import OffsetGapFiller, kafka_range_reader
     from streams.sample_batch import SampleBatch
     from streams.sample_buffers import SampleBuffers
+    from streams.sample_rows import KeyedClick, check_frame_size, sample_row
     from streams.topics import PROCESSOR_TABLES, ensure_topics
 
     history_len = settings.trainer.history_len

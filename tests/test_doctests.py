@@ -20,6 +20,7 @@ MODULES = [
     "proxy_model.heads",
     "streams.processor",
     "streams.sample_buffers",
+    "streams.sample_rows",
     "trainer.growing_embedding",
     "benchmarks.bench_online",
     "streams.fast_decode",
