@@ -106,6 +106,17 @@ class KafkaSettings(BaseModel):
     jars_dir: str = str(CACHE_DIR / "kafka-4.1.0" / "libs")
 
 
+class ProcessorSettings(BaseModel):
+    """The faust stream processor (`idproxy processor`): how it batches training samples."""
+
+    samples_batch_max: int = Field(
+        256, ge=1, description="Samples per frame on `samples`: a full buffer is sent at once"
+    )
+    samples_linger_ms: int = Field(
+        50, ge=1, description="A partition's buffer is sent once its oldest entry is this old"
+    )
+
+
 class StoreSettings(BaseModel):
     """The RocksDB proxy store and its HTTP read API."""
 
@@ -147,17 +158,6 @@ class WorkerSettings(BaseModel):
     )
     metrics_port: int = Field(0, description="Prometheus port (on metrics_host); 0 = off")
     group_id: str = "idproxy-workers"
-
-
-class ProcessorSettings(BaseModel):
-    """The faust stream processor (`idproxy processor`): how it batches training samples."""
-
-    samples_batch_max: int = Field(
-        256, ge=1, description="Samples per frame on `samples`: a full buffer is sent at once"
-    )
-    samples_linger_ms: int = Field(
-        50, ge=1, description="A partition's buffer is sent once its oldest entry is this old"
-    )
 
 
 class TrainerSettings(BaseModel):
@@ -298,9 +298,9 @@ class Settings(BaseSettings):
     model: ModelSettings = ModelSettings()
     stage1: Stage1Settings = Stage1Settings()
     kafka: KafkaSettings = KafkaSettings()
+    processor: ProcessorSettings = ProcessorSettings()
     store: StoreSettings = StoreSettings()
     worker: WorkerSettings = WorkerSettings()
-    processor: ProcessorSettings = ProcessorSettings()
     trainer: TrainerSettings = TrainerSettings()
     demo: DemoSettings = DemoSettings()
 

@@ -5,7 +5,7 @@
 | items | item id | ItemUploaded |
 | clicks | user id | Click |
 | clicks-by-item | item id | a click with its history (the processor's internal re-key) |
-| samples | clicks-by-item partition (ASCII) | SampleBatch frame (streams/sample_batch.py) |
+| samples | user id | TrainingSample |
 | item-features (compacted) | item id | ItemFeaturesRecord (binary frame) |
 | proxies (compacted) | "<version>/<item id>" | ProxyRecordEvent (binary frame) |
 | control (compacted) | version | VersionCommit |
