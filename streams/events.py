@@ -1,8 +1,10 @@
 """Event schemas (pydantic, each with a schema version) and their wire formats.
 
-* JSON events: ``ItemUploaded``, ``Click``, ``TrainingSample``, ``VersionCommit``,
-  ``DeadLetter``. Parsing is strict: unknown fields, wrong types or a wrong
-  ``schema_version`` raise :class:`EventError`, whose message is the DLQ reason.
+* JSON events: ``ItemUploaded``, ``Click``, ``VersionCommit``, ``DeadLetter``, and
+  ``TrainingSample`` (the processor's per-click sample; the ``samples`` topic's contract
+  is the ``SampleBatch`` frame below, the only form the trainer reads). Parsing is
+  strict: unknown fields, wrong types or a wrong ``schema_version`` raise
+  :class:`EventError`, whose message is the DLQ reason.
 * Vector records (``ItemFeaturesRecord``, ``ProxyRecordEvent``) travel as a compact binary
   frame, not JSON floats::
 
