@@ -202,7 +202,6 @@ class OnlineTrainer:
                     self.reader.poll()
                     messages = self._poll_batch()
                     if not messages:
-                        self.quarantine.clear()  # nothing in flight: no marker
                         if idle_exit_s is not None and time.time() - idle_since > idle_exit_s:
                             break
                         # a quiet stream still gets its metrics line and its checkpoint
@@ -229,7 +228,6 @@ class OnlineTrainer:
                     ):
                         self.checkpoint()
                         dirty = False
-            self.quarantine.clear()
             if dirty:
                 self.checkpoint()
             self.report()
@@ -242,8 +240,10 @@ class OnlineTrainer:
 
     def _handle(self, messages: list) -> int:
         """``core.process(messages)`` under the crash-loop quarantine: the records behind
-        a marker; after a death, the records it covered one at a time, and one that died
-        alone ``quarantine_deaths`` times dead-lettered. Returns the samples trained."""
+        a marker while they are trained; after a death, the records it covered one at a
+        time, and one that died alone ``quarantine_deaths`` times dead-lettered. The
+        marker goes once they are trained: a later death (a checkpoint, a kill while
+        idle) is not theirs. Returns the samples trained."""
         core, trained = self.core, 0
 
         def run(records: list) -> None:
@@ -251,6 +251,7 @@ class OnlineTrainer:
             trained += core.process(records)
 
         self.quarantine.handle_in_order(messages, run, self._quarantined, self.producer.flush)
+        self.quarantine.clear()
         return trained
 
     def _quarantined(self, message, reason: str) -> None:
