@@ -196,6 +196,7 @@ def to_json(event: BaseModel) -> bytes:
 
 
 FRAME_DTYPES = frozenset({"<f4", "<f8", "<i8", "<i4", "|i1", "|b1"})  # little-endian
+_ITEMSIZE = {dtype: np.dtype(dtype).itemsize for dtype in FRAME_DTYPES}
 
 
 def encode_frame(
@@ -234,7 +235,7 @@ def decode_frame(raw: bytes, model: type[ModelT]) -> tuple[ModelT, dict[str, np.
                 raise EventError(f"array {name!r} of unsupported dtype {dtype!r}")
             if any(not isinstance(d, int) or d < 0 for d in shape):
                 raise EventError(f"array {name!r} has a bad shape {shape!r}")
-            size = int(np.prod(shape)) * np.dtype(dtype).itemsize
+            size = math.prod(shape) * _ITEMSIZE[dtype]
             if offset + size > len(raw):
                 raise EventError(f"frame truncated in array {name!r}")
             arrays[name] = np.frombuffer(raw[offset : offset + size], dtype=dtype).reshape(shape)

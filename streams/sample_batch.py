@@ -73,6 +73,7 @@ COLUMNS: dict[str, str] = {
     "history": "<i8",
     "history_count": "|i1",
 }
+_DTYPES = {name: np.dtype(dtype) for name, dtype in COLUMNS.items()}
 
 
 def id_hash(item_or_user_id: str) -> int:
@@ -168,7 +169,7 @@ class SampleBatch:
         for name, dtype in COLUMNS.items():
             a = arrays[name]
             shape = (n, h) if name == "history" else (n,)
-            if a.dtype != np.dtype(dtype) or a.shape != shape:
+            if a.dtype != _DTYPES[name] or a.shape != shape:
                 raise EventError(
                     f"column {name!r} is {a.dtype}{list(a.shape)}, want {dtype}{list(shape)}"
                 )
@@ -179,7 +180,7 @@ class SampleBatch:
         return batch
 
     def _problem(self) -> str | None:
-        if not np.isin(self.label, (0, 1)).all():
+        if ((self.label != 0) & (self.label != 1)).any():
             return "label not in {0, 1}"
         if not np.isfinite(self.ts).all():
             return "non-finite ts"
@@ -191,7 +192,7 @@ class SampleBatch:
         if ((self.history_count < 0) | (self.history_count > self.history_len)).any():
             return "history_count outside [0, history_len]"
         used = np.arange(self.history_len)[None, :] < self.history_count[:, None]
-        if (self.history[~used] != 0).any() or (self.history[used] == 0).any():
+        if ((self.history != 0) != used).any():
             return "history padding is not exactly the slots past history_count"
         if (self.user == 0).any() or (self.item == 0).any() or (self.sample_key < 0).any():
             return "zero user/item id or negative sample_key"

@@ -28,25 +28,60 @@ import torch
 from torch import nn
 
 
-def _search(keys: np.ndarray, rows: np.ndarray, ids: np.ndarray) -> np.ndarray:
-    """Rows of ``ids`` in one sorted key array (0 where absent)."""
-    if not len(keys):
-        return np.zeros(len(ids), np.int64)
-    at = np.searchsorted(keys, ids)
-    at[at == len(keys)] = 0
-    return np.where(keys[at] == ids, rows[at], 0)
+class _Sorted:
+    """(key, row) pairs in sorted arrays, for ids that miss their slot: a large pair of
+    arrays and a small one that takes new keys and is merged into the large one when it
+    passes 1/8 of it (amortised O(1) copies per key); a lookup is two binary searches."""
+
+    def __init__(self) -> None:
+        empty = np.zeros(0, np.int64)
+        self.keys, self.rows, self.new_keys, self.new_rows = empty, empty, empty, empty
+
+    def __len__(self) -> int:
+        return len(self.keys) + len(self.new_keys)
+
+    @staticmethod
+    def _search(keys: np.ndarray, rows: np.ndarray, ids: np.ndarray) -> np.ndarray:
+        if not len(keys):
+            return np.zeros(len(ids), np.int64)
+        at = np.searchsorted(keys, ids)
+        at[at == len(keys)] = 0
+        return np.where(keys[at] == ids, rows[at], 0)
+
+    def find(self, ids: np.ndarray) -> np.ndarray:
+        rows = self._search(self.keys, self.rows, ids)
+        if len(self.new_keys):
+            rows = np.maximum(rows, self._search(self.new_keys, self.new_rows, ids))
+        return rows
+
+    def add(self, keys: np.ndarray, rows: np.ndarray) -> None:
+        keys = np.concatenate([self.new_keys, keys])
+        rows = np.concatenate([self.new_rows, rows])
+        if len(keys) > max(1024, len(self.keys) // 8):  # merge into the large arrays
+            keys, rows = np.concatenate([self.keys, keys]), np.concatenate([self.rows, rows])
+            order = np.argsort(keys)
+            self.keys, self.rows = keys[order], rows[order]
+            keys = rows = np.zeros(0, np.int64)
+        else:
+            order = np.argsort(keys)
+            keys, rows = keys[order], rows[order]
+        self.new_keys, self.new_rows = keys, rows
 
 
 class RowIndex:
     """int64 id -> row (1, 2, ... in the order ids were added), all in numpy.
 
-    Two sorted (key, row) arrays: a large one and a small one that takes the new ids and is
-    merged into the large one when it passes 1/8 of it, so adding ids costs amortised
-    O(1) copies per id and a lookup is two binary searches per id.
+    The ids are hashes (``id_hash``), so their low bits are uniform: an id's slot in a
+    table of 2^k ≥ 2 × ids slots is its low k bits. A slot holds the first id that took it;
+    the others (and ids of slot 0, kept for id 0, the padding) go to a sorted overflow. A
+    lookup of a whole array is a gather and a comparison per id, plus a binary search for
+    the ids that miss their slot (about 1 in 6, and unknown ids); ids chosen to share
+    slots only move to the overflow. The table doubles (and is refilled) when ids pass
+    half of it.
 
     >>> index = RowIndex([5, 2])
-    >>> index.find(np.array([2, 4, 5])).tolist()
-    [2, 0, 1]
+    >>> index.find(np.array([2, 4, 5, 0])).tolist()
+    [2, 0, 1, 0]
     >>> index.add(np.array([4]))
     >>> index.find(np.array([4])).tolist(), len(index)
     ([3], 3)
@@ -55,8 +90,7 @@ class RowIndex:
     def __init__(self, ids: Iterable[int] = ()) -> None:
         self._ids = np.zeros(16, np.int64)  # row r holds _ids[r - 1]
         self._n = 0
-        empty = np.zeros(0, np.int64)
-        self._keys, self._rows, self._new_keys, self._new_rows = empty, empty, empty, empty
+        self._fill(16)
         ids = np.fromiter(ids, np.int64)
         if len(ids):
             self.add(ids)
@@ -69,12 +103,37 @@ class RowIndex:
         """The ids in row order (a view: row r holds ids[r - 1])."""
         return self._ids[: self._n]
 
+    def _fill(self, size: int) -> None:
+        """A table of ``size`` slots (a power of 2) holding every id."""
+        self._mask = size - 1
+        self._slot_ids = np.zeros(size, np.int64)  # 0 = free
+        self._slot_rows = np.zeros(size, np.int64)
+        self._overflow = _Sorted()
+        if self._n:
+            self._place(self.ids, np.arange(1, self._n + 1, dtype=np.int64))
+
+    def _place(self, ids: np.ndarray, rows: np.ndarray) -> None:
+        """Puts new ids in their free slots (the first of several for one slot), the rest
+        in the overflow."""
+        slots = ids & self._mask
+        free = np.flatnonzero((self._slot_ids[slots] == 0) & (slots != 0))
+        placed = np.zeros(len(ids), bool)
+        if len(free):
+            first = free[np.unique(slots[free], return_index=True)[1]]
+            self._slot_ids[slots[first]] = ids[first]
+            self._slot_rows[slots[first]] = rows[first]
+            placed[first] = True
+        if not placed.all():
+            self._overflow.add(ids[~placed], rows[~placed])
+
     def find(self, ids: np.ndarray) -> np.ndarray:
         """Rows of ``ids`` (any shape; 0 for an unknown id and for id 0)."""
         flat = np.asarray(ids, np.int64).ravel()
-        rows = _search(self._keys, self._rows, flat)
-        if len(self._new_keys):
-            rows = np.maximum(rows, _search(self._new_keys, self._new_rows, flat))
+        slots = flat & self._mask
+        rows = self._slot_rows[slots]
+        miss = np.flatnonzero(self._slot_ids[slots] != flat)
+        if len(miss):
+            rows[miss] = self._overflow.find(flat[miss]) if len(self._overflow) else 0
         return rows.reshape(np.shape(ids))
 
     def add(self, new_ids: np.ndarray) -> None:
@@ -96,18 +155,10 @@ class RowIndex:
             self._ids = grown
         self._ids[start:stop] = new_ids
         self._n = stop
-        keys = np.concatenate([self._new_keys, new_ids])
-        rows = np.concatenate([self._new_rows, np.arange(start + 1, stop + 1, dtype=np.int64)])
-        if len(keys) > max(1024, len(self._keys) // 8):  # merge into the large arrays
-            keys = np.concatenate([self._keys, keys])
-            rows = np.concatenate([self._rows, rows])
-            order = np.argsort(keys, kind="stable")
-            self._keys, self._rows = keys[order], rows[order]
-            keys = rows = np.zeros(0, np.int64)
+        if 2 * stop > self._mask + 1:  # past half full: a larger table, refilled
+            self._fill(1 << (2 * stop - 1).bit_length())
         else:
-            order = np.argsort(keys, kind="stable")
-            keys, rows = keys[order], rows[order]
-        self._new_keys, self._new_rows = keys, rows
+            self._place(new_ids, np.arange(start + 1, stop + 1, dtype=np.int64))
 
     def rows(self, ids: np.ndarray) -> np.ndarray:
         """Rows of ``ids`` (any shape; id 0 -> row 0); an unknown id first takes the next

@@ -270,7 +270,8 @@ def test_hostile_samples_trainer(kafka_settings, kafka_broker, tmp_path):
     rejected = {k for k, _ in decoded.rejected}
     assert 0 < len(rejected) < len(records)  # valid records among the hostile ones
     started = time.time()
-    placed = produce_indexed(kafka_settings, kafka_broker, topics.samples, records)
+    keys = [b"" if k is None else k for k in hs.hostile_keys(len(records))]  # tombstones
+    placed = produce_indexed(kafka_settings, kafka_broker, topics.samples, records, keys)
     produce_indexed(kafka_settings, kafka_broker, topics.samples, [_sample(SENTINEL_KEY)], [b"s"])
     proc = _trainer(kafka_settings, kafka_broker, tmp_path, "id-only")
     out = proc.finish(timeout=150)
