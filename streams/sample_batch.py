@@ -159,9 +159,12 @@ class SampleBatch:
         return encode_frame(header, arrays, COLUMNS)
 
     @classmethod
-    def decode(cls, raw: bytes | None) -> SampleBatch:
+    def decode(cls, raw: bytes | None, *, check_values: bool = True) -> SampleBatch:
         """One frame -> a batch; :class:`EventError` (the dead-letter reason) when the frame
-        is malformed or any column breaks the contract."""
+        is malformed or any column breaks the contract. ``check_values=False`` checks the
+        header, the columns' dtypes and shapes only, and leaves :meth:`check` (the
+        values) to the caller: a consumer of many frames of one ``history_len`` may check
+        their columns joined at once (a join passes exactly when every frame does)."""
         header, arrays = decode_frame(raw, SampleBatchHeader)
         n, h = header.count, header.history_len
         if set(arrays) != set(COLUMNS):
@@ -174,10 +177,15 @@ class SampleBatch:
                     f"column {name!r} is {a.dtype}{list(a.shape)}, want {dtype}{list(shape)}"
                 )
         batch = cls(**arrays)
-        problem = batch._problem()
+        if check_values:
+            batch.check()
+        return batch
+
+    def check(self) -> None:
+        """:class:`EventError` when a value breaks the contract (every check is per sample)."""
+        problem = self._problem()
         if problem:
             raise EventError(f"invalid samples batch: {problem}")
-        return batch
 
     def _problem(self) -> str | None:
         if ((self.label != 0) & (self.label != 1)).any():

@@ -27,6 +27,8 @@ import numpy as np
 import torch
 from torch import nn
 
+_NONE = np.zeros(0, np.int64)
+
 
 class _Sorted:
     """(key, row) pairs in sorted arrays, for ids that miss their slot: a large pair of
@@ -49,6 +51,8 @@ class _Sorted:
         return np.where(keys[at] == ids, rows[at], 0)
 
     def find(self, ids: np.ndarray) -> np.ndarray:
+        if not len(self.keys):
+            return self._search(self.new_keys, self.new_rows, ids)
         rows = self._search(self.keys, self.rows, ids)
         if len(self.new_keys):
             rows = np.maximum(rows, self._search(self.new_keys, self.new_rows, ids))
@@ -126,15 +130,22 @@ class RowIndex:
         if not placed.all():
             self._overflow.add(ids[~placed], rows[~placed])
 
-    def find(self, ids: np.ndarray) -> np.ndarray:
-        """Rows of ``ids`` (any shape; 0 for an unknown id and for id 0)."""
-        flat = np.asarray(ids, np.int64).ravel()
+    def _lookup(self, flat: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(rows of ``flat`` (0: unknown or id 0), the positions off their slot, the rows
+        found for those). Id 0 always finds slot 0, which no other id takes."""
         slots = flat & self._mask
         rows = self._slot_rows[slots]
-        miss = np.flatnonzero(self._slot_ids[slots] != flat)
-        if len(miss):
-            rows[miss] = self._overflow.find(flat[miss]) if len(self._overflow) else 0
-        return rows.reshape(np.shape(ids))
+        off = np.flatnonzero(self._slot_ids[slots] != flat)
+        if not len(off):
+            return rows, off, _NONE
+        found = self._overflow.find(flat[off]) if len(self._overflow) else np.zeros_like(off)
+        rows[off] = found
+        return rows, off, found
+
+    def find(self, ids: np.ndarray) -> np.ndarray:
+        """Rows of ``ids`` (any shape; 0 for an unknown id and for id 0)."""
+        ids = np.asarray(ids, np.int64)
+        return self._lookup(ids.ravel())[0].reshape(ids.shape)
 
     def add(self, new_ids: np.ndarray) -> None:
         """Gives each of ``new_ids`` (distinct, none known, none 0) the next row, in order."""
@@ -164,10 +175,10 @@ class RowIndex:
         """Rows of ``ids`` (any shape; id 0 -> row 0); an unknown id first takes the next
         free row, in the order of first appearance in ``ids`` (row-major)."""
         ids = np.asarray(ids, np.int64)
-        rows = self.find(ids).ravel()
         flat = ids.ravel()
-        missing = (rows == 0) & (flat != 0)
-        if missing.any():
+        rows, off, found = self._lookup(flat)
+        if len(off) and not found.all():
+            missing = off[found == 0]  # unknown ids (id 0 is never off its slot)
             unknown = flat[missing]
             uniq, first = np.unique(unknown, return_index=True)
             order = np.argsort(first)

@@ -46,7 +46,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from streams.events import FRAME_MAGIC, EventError
-from streams.sample_batch import SampleBatch
+from streams.sample_batch import COLUMNS, SampleBatch
 
 _I64 = np.zeros(0, np.int64)
 
@@ -195,47 +195,91 @@ class SampleDecoder:
         )
 
     def decode(self, values: Sequence[bytes | None]) -> DecodedBatch:
-        batches: list[SampleBatch] = []
         rejected: list[tuple[int, str]] = []
+        framed: list[tuple[int, SampleBatch]] = []
         for k, raw in enumerate(values):
             if raw is None:
                 rejected.append((k, "empty message (tombstone)"))
                 continue
             try:
-                batches.append(SampleBatch.decode(raw))
+                framed.append((k, SampleBatch.decode(raw, check_values=False)))
             except EventError as exc:
                 rejected.append((k, str(exc)))
+        batches, whole = _checked(framed, rejected)
+        rejected.sort()
         h = self.history_len
         if not batches:
             return DecodedBatch(
                 _I64, _I64, _I64, np.zeros((0, h), np.int64), np.zeros(0, np.float32),
                 np.zeros(0, bool), np.zeros(0, np.float64), rejected,
             )  # fmt: skip
-
-        def column(name: str) -> np.ndarray:
-            if len(batches) == 1:
-                return getattr(batches[0], name)
-            return np.concatenate([getattr(b, name) for b in batches])
-
-        keys = column("sample_key")
-        keep = self.recent.fresh(keys)
+        if whole is None:
+            whole = _join(batches)
+        keep = self.recent.fresh(whole.sample_key)
         everything = bool(keep.all())
 
         def kept(a: np.ndarray) -> np.ndarray:
             return a if everything else a[keep]
 
-        if len(batches) == 1:
-            history = _history(batches[0], h)
-        else:
+        if all(b.history_len == whole.history_len for b in batches):
+            history = _history(whole, h)
+        else:  # frames of several history lengths
             history = np.concatenate([_history(b, h) for b in batches])
-        young = kept(column("item_age_s")) < self.max_age  # NaN (unknown) is not young
+        young = kept(whole.item_age_s) < self.max_age  # NaN (unknown) is not young
         return DecodedBatch(
-            keys=kept(keys),
-            users=kept(column("user")),
-            items=kept(column("item")),
+            keys=kept(whole.sample_key),
+            users=kept(whole.user),
+            items=kept(whole.item),
             history=kept(history),
-            labels=kept(column("label")).astype(np.float32),
-            is_new=(kept(column("item_interactions")) < self.tau) | young,
-            ts=kept(column("ts")),
+            labels=kept(whole.label).astype(np.float32),
+            is_new=(kept(whole.item_interactions) < self.tau) | young,
+            ts=kept(whole.ts),
             rejected=rejected,
         )
+
+
+def _join(batches: list[SampleBatch]) -> SampleBatch:
+    """The batches' columns joined (history only when all have the same length; else
+    empty, and the caller joins the cut histories)."""
+    same = all(b.history_len == batches[0].history_len for b in batches)
+    columns = {
+        name: np.concatenate([getattr(b, name) for b in batches])
+        for name in COLUMNS
+        if same or name != "history"
+    }
+    if not same:
+        columns["history"] = np.zeros((len(columns["sample_key"]), 0), np.int64)
+    return SampleBatch(**columns)
+
+
+def _checked(
+    framed: list[tuple[int, SampleBatch]], rejected: list[tuple[int, str]]
+) -> tuple[list[SampleBatch], SampleBatch | None]:
+    """(the batches whose values pass :meth:`SampleBatch.check`, in order; their join when
+    it was made and holds all of them); the others go to ``rejected`` with their reasons.
+    One check over the joined batches of each history length; each batch on its own only
+    when its group's join fails."""
+    groups: dict[int, list[tuple[int, SampleBatch]]] = {}
+    for k, batch in framed:
+        groups.setdefault(batch.history_len, []).append((k, batch))
+    passed: list[tuple[int, SampleBatch]] = []
+    whole = None
+    for group in groups.values():
+        joined = group[0][1] if len(group) == 1 else _join([b for _, b in group])
+        try:
+            joined.check()
+            passed += group
+            whole = joined
+            continue
+        except EventError:
+            whole = None
+        for k, batch in group:
+            try:
+                batch.check()
+                passed.append((k, batch))
+            except EventError as exc:
+                rejected.append((k, str(exc)))
+    if len(groups) > 1:
+        passed.sort(key=lambda kb: kb[0])
+        whole = None
+    return [b for _, b in passed], whole
