@@ -150,3 +150,21 @@ def test_growing_table_restores_int_ids_only():
     assert clone.index.find(np.array([id_hash("b")])).tolist() == [2]
     with pytest.raises(ValueError, match="int64 ids"):
         clone.restore(["a", "b"], t.weight.detach(), t.counts)
+
+
+def test_value_checks_over_joined_frames_reject_what_each_frame_alone_would():
+    data = samples(12, 3, 5)
+    bad_label = np.array([1, 2, 0, 1], np.int8)
+    records = [
+        frame(data[0:4], history_len=2),
+        raw_frame(data[4:8], label=bad_label),  # H = 20
+        frame(data[8:10], history_len=6),
+        frame(data[10:12]),  # H = 20
+    ]
+    batch = _decoder().decode(records)
+    assert [k for k, _ in batch.rejected] == [1]
+    assert batch.rejected[0][1] == "invalid samples batch: label not in {0, 1}"
+    assert batch.keys.tolist() == [s.sample_key for s in data[:4] + data[8:]]  # record order
+    for name, raw in BAD_FRAMES.items():  # each bad frame between good ones
+        batch = _decoder().decode([frame(data[:3]), raw, frame(data[3:6])])
+        assert [k for k, _ in batch.rejected] == [1] and len(batch) == 6, name
