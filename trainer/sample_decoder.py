@@ -3,10 +3,13 @@
 A record on ``samples`` is one :class:`~streams.sample_batch.SampleBatch` frame of N
 samples (the contract: ``streams/sample_batch.py``, docs/WIRE_FORMAT.md). The decoder:
 
-1. decodes each record with :meth:`SampleBatch.decode`, which validates every column; a
-   record that does not decode is rejected *whole*, with the :class:`EventError` reason
-   (the trainer dead-letters it);
-2. concatenates the columns of the records that decoded, in record order, and cuts or pads
+1. decodes each record with :meth:`SampleBatch.decode` (header, dtypes, shapes), and
+   checks the values (:meth:`SampleBatch.check`) once over the joined columns of the
+   records of one history length, record by record only when that fails (every check is
+   per sample, so the verdicts and reasons are those of ``SampleBatch.decode`` alone); a
+   record that fails is rejected *whole*, with the :class:`EventError` reason (the
+   trainer dead-letters it);
+2. concatenates the columns of the records that passed, in record order, and cuts or pads
    each record's history to the trainer's ``history_len`` h (the newest h items,
    left-aligned, oldest first; 0 pads);
 3. drops repeats by ``sample_key``: a key seen earlier in the batch or among the last
