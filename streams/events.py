@@ -1,8 +1,10 @@
 """Event schemas (pydantic, each with a schema version) and their wire formats.
 
-* JSON events: ``ItemUploaded``, ``Click``, ``TrainingSample``, ``VersionCommit``,
-  ``DeadLetter``. Parsing is strict: unknown fields, wrong types or a wrong
-  ``schema_version`` raise :class:`EventError`, whose message is the DLQ reason.
+* JSON events: ``ItemUploaded``, ``Click``, ``VersionCommit``, ``DeadLetter``, and
+  ``TrainingSample`` (the processor's per-click sample; the ``samples`` topic's contract
+  is the ``SampleBatch`` frame below, the only form the trainer reads). Parsing is
+  strict: unknown fields, wrong types or a wrong ``schema_version`` raise
+  :class:`EventError`, whose message is the DLQ reason.
 * Vector records (``ItemFeaturesRecord``, ``ProxyRecordEvent``) travel as a compact binary
   frame, not JSON floats::
 
@@ -194,6 +196,7 @@ def to_json(event: BaseModel) -> bytes:
 
 
 FRAME_DTYPES = frozenset({"<f4", "<f8", "<i8", "<i4", "|i1", "|b1"})  # little-endian
+_NP_DTYPES = {dtype: np.dtype(dtype) for dtype in FRAME_DTYPES}
 
 
 def encode_frame(
@@ -232,10 +235,12 @@ def decode_frame(raw: bytes, model: type[ModelT]) -> tuple[ModelT, dict[str, np.
                 raise EventError(f"array {name!r} of unsupported dtype {dtype!r}")
             if any(not isinstance(d, int) or d < 0 for d in shape):
                 raise EventError(f"array {name!r} has a bad shape {shape!r}")
-            size = int(np.prod(shape)) * np.dtype(dtype).itemsize
+            np_dtype = _NP_DTYPES[dtype]
+            size = math.prod(shape) * np_dtype.itemsize
             if offset + size > len(raw):
                 raise EventError(f"frame truncated in array {name!r}")
-            arrays[name] = np.frombuffer(raw[offset : offset + size], dtype=dtype).reshape(shape)
+            a = np.frombuffer(raw[offset : offset + size], np_dtype)
+            arrays[name] = a if len(shape) == 1 else a.reshape(shape)
             offset += size
     except (ValueError, KeyError, TypeError, RecursionError) as exc:
         # RecursionError: a header nested past json's recursion limit (it escaped as a

@@ -73,6 +73,7 @@ COLUMNS: dict[str, str] = {
     "history": "<i8",
     "history_count": "|i1",
 }
+_DTYPES = {name: np.dtype(dtype) for name, dtype in COLUMNS.items()}
 
 
 def id_hash(item_or_user_id: str) -> int:
@@ -158,9 +159,12 @@ class SampleBatch:
         return encode_frame(header, arrays, COLUMNS)
 
     @classmethod
-    def decode(cls, raw: bytes | None) -> SampleBatch:
+    def decode(cls, raw: bytes | None, *, check_values: bool = True) -> SampleBatch:
         """One frame -> a batch; :class:`EventError` (the dead-letter reason) when the frame
-        is malformed or any column breaks the contract."""
+        is malformed or any column breaks the contract. ``check_values=False`` checks the
+        header, the columns' dtypes and shapes only, and leaves :meth:`check` (the
+        values) to the caller: a consumer of many frames of one ``history_len`` may check
+        their columns joined at once (a join passes exactly when every frame does)."""
         header, arrays = decode_frame(raw, SampleBatchHeader)
         n, h = header.count, header.history_len
         if set(arrays) != set(COLUMNS):
@@ -168,18 +172,23 @@ class SampleBatch:
         for name, dtype in COLUMNS.items():
             a = arrays[name]
             shape = (n, h) if name == "history" else (n,)
-            if a.dtype != np.dtype(dtype) or a.shape != shape:
+            if a.dtype != _DTYPES[name] or a.shape != shape:
                 raise EventError(
                     f"column {name!r} is {a.dtype}{list(a.shape)}, want {dtype}{list(shape)}"
                 )
         batch = cls(**arrays)
-        problem = batch._problem()
-        if problem:
-            raise EventError(f"invalid samples batch: {problem}")
+        if check_values:
+            batch.check()
         return batch
 
+    def check(self) -> None:
+        """:class:`EventError` when a value breaks the contract (every check is per sample)."""
+        problem = self._problem()
+        if problem:
+            raise EventError(f"invalid samples batch: {problem}")
+
     def _problem(self) -> str | None:
-        if not np.isin(self.label, (0, 1)).all():
+        if ((self.label != 0) & (self.label != 1)).any():
             return "label not in {0, 1}"
         if not np.isfinite(self.ts).all():
             return "non-finite ts"
@@ -191,7 +200,7 @@ class SampleBatch:
         if ((self.history_count < 0) | (self.history_count > self.history_len)).any():
             return "history_count outside [0, history_len]"
         used = np.arange(self.history_len)[None, :] < self.history_count[:, None]
-        if (self.history[~used] != 0).any() or (self.history[used] == 0).any():
+        if ((self.history != 0) != used).any():
             return "history padding is not exactly the slots past history_count"
         if (self.user == 0).any() or (self.item == 0).any() or (self.sample_key < 0).any():
             return "zero user/item id or negative sample_key"

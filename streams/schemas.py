@@ -8,7 +8,7 @@ One file per topic or record in the top-level ``schemas/`` folder (``SCHEMA_DIR`
 | ``clicks.schema.json`` | clicks | Click | validation |
 | ``control.schema.json`` | control | VersionCommit | validation |
 | ``dlq.schema.json`` | dlq | DeadLetter | serialization (what is written) |
-| ``samples.schema.json`` | samples | TrainingSample | serialization |
+| ``samples.frame-header.schema.json`` | samples | the JSON header of an IDPF frame (typed columns) |
 | ``item-features.frame-header.schema.json`` | item-features | the JSON header of an IDPF frame |
 | ``proxies.frame-header.schema.json`` | proxies | the JSON header of an IDPF frame |
 
@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from idproxy.settings import Settings
+from streams.sample_batch import COLUMNS as SAMPLE_COLUMNS
 
 SCHEMA_DIR = Path(__file__).resolve().parents[1] / "schemas"
 DIALECT = "https://json-schema.org/draft/2020-12/schema"
@@ -41,7 +42,7 @@ Mode = Literal["validation", "serialization"]
 
 @dataclass(frozen=True)
 class SchemaSpec:
-    """One schema file: the topic, its key, the model (by name in streams.events), mode."""
+    """One schema file: the topic, its key, the model (by name in ``module``), mode."""
 
     name: str
     topic: str
@@ -49,6 +50,8 @@ class SchemaSpec:
     model: str
     mode: Mode
     frame_arrays: tuple[str, ...] = ()  # non-empty: the JSON header of an IDPF frame
+    module: str = "streams.events"
+    frame_dtypes: tuple[str, ...] = ()  # the arrays' dtypes when not all float32
 
     @property
     def filename(self) -> str:
@@ -67,7 +70,16 @@ SPECS: tuple[SchemaSpec, ...] = (
         "DeadLetter",
         "serialization",
     ),  # fmt: skip
-    SchemaSpec("samples", "samples", "user id (UTF-8)", "TrainingSample", "serialization"),
+    SchemaSpec(
+        "samples",
+        "samples",
+        "the source partition of the clicks (UTF-8)",
+        "SampleBatchHeader",
+        "serialization",
+        tuple(SAMPLE_COLUMNS),
+        "streams.sample_batch",
+        tuple(SAMPLE_COLUMNS.values()),
+    ),  # fmt: skip
     SchemaSpec(
         "item-features",
         "item-features",
@@ -124,29 +136,38 @@ def _frame_header_model(spec: SchemaSpec, record: type) -> type:
 
     from pydantic import BaseModel, ConfigDict, Field, create_model
 
-    names = ", ".join(spec.frame_arrays)
+    Shape = list[Annotated[int, Field(ge=0)]]
+    if spec.frame_dtypes:
+        names = ", ".join(
+            f"{name} {dtype}"
+            for name, dtype in zip(spec.frame_arrays, spec.frame_dtypes, strict=True)
+        )
+        what = "name, shape and dtype (left out for <f4, float32)"
+        arrays_type = list[tuple[str, Shape] | tuple[str, Shape, str]]
+        entry = "[name, shape] or [name, shape, dtype]"
+    else:
+        names = ", ".join(spec.frame_arrays)
+        what, arrays_type, entry = "name and shape", list[tuple[str, Shape]], "[name, shape]"
+    data = "little-endian" if spec.frame_dtypes else "little-endian float32"
     return create_model(
         f"{record.__name__}Frame",
         __base__=BaseModel,
         __config__=ConfigDict(title=f"{record.__name__}Frame"),
         __doc__=(
             f"JSON header of an IDPF binary frame on `{spec.topic}`: the record, then each "
-            f"array's name and shape in the order of the raw little-endian float32 data "
-            f"that follows the header ({names})."
+            f"array's {what} in the order of the raw {data} data that follows the header "
+            f"({names})."
         ),
         header=(record, Field(description="the record")),
-        arrays=(
-            list[tuple[str, list[Annotated[int, Field(ge=0)]]]],
-            Field(description="[name, shape] of each array, in payload order"),
-        ),
+        arrays=(arrays_type, Field(description=f"{entry} of each array, in payload order")),
     )
 
 
 def schema_of(spec: SchemaSpec) -> dict[str, Any]:
     """The JSON Schema document of one spec, with ``$schema``, ``$id`` and Kafka notes."""
-    from streams import events
+    import importlib
 
-    record = getattr(events, spec.model)
+    record = getattr(importlib.import_module(spec.module), spec.model)
     model = _frame_header_model(spec, record) if spec.frame_arrays else record
     body = model.model_json_schema(mode=spec.mode)
     _clean_all(body)
@@ -157,7 +178,7 @@ def schema_of(spec: SchemaSpec) -> dict[str, Any]:
         **body,
         "x-kafka-topic": spec.topic,
         "x-kafka-key": spec.key,
-        "x-generated-from": f"streams.events.{spec.model} ({spec.mode} mode)",
+        "x-generated-from": f"{spec.module}.{spec.model} ({spec.mode} mode)",
     }
 
 

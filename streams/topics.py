@@ -5,7 +5,7 @@
 | items | item id | ItemUploaded |
 | clicks | user id | Click |
 | clicks-by-item | item id | a click with its history (the processor's internal re-key) |
-| samples | user id | TrainingSample |
+| samples | source partition | SampleBatch frame (streams/sample_batch.py) |
 | item-features (compacted) | item id | ItemFeaturesRecord (binary frame) |
 | proxies (compacted) | "<version>/<item id>" | ProxyRecordEvent (binary frame) |
 | control (compacted) | version | VersionCommit |

@@ -23,7 +23,6 @@ MODULES = [
     "streams.processor",
     "trainer.growing_embedding",
     "benchmarks.bench_online",
-    "streams.fast_decode",
     "trainer.sample_decoder",
     "idproxy.prometheus",
     "trainer.fusion",

@@ -12,6 +12,10 @@
 ``ContentReader`` reads both topics with a group-less consumer from the beginning: on
 start it catches up to the end offsets seen at start, then it is polled without waiting
 between mini-batches.
+
+Content is keyed by the string item id of its records; ``by_hash`` maps the samples' int64
+item id (``id_hash`` of the string id) back to it, so the trainer finds the content of an
+item table row (``ItemCache.item_of``).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import numpy as np
 import torch
 
 from streams.lifecycle import poll_or_wait
+from streams.sample_batch import id_hash
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +56,18 @@ class ItemCache:
     changes: list[str] = field(default_factory=list)  # append-only log of updated item ids
     dims: tuple[int, int] | None = None
     id_dim: int | None = None
+    by_hash: dict[int, str] = field(default_factory=dict)  # id_hash(item id) -> item id
+
+    def _content(self, item_id: str) -> ItemContent:
+        c = self.items.get(item_id)
+        if c is None:
+            c = self.items[item_id] = ItemContent()
+            self.by_hash.setdefault(id_hash(item_id), item_id)  # a collision: the first wins
+        return c
+
+    def item_of(self, key: int) -> str | None:
+        """The string id of the cached item whose ``id_hash`` is ``key`` (None: unknown)."""
+        return self.by_hash.get(key)
 
     def put_features(self, item_id: str, header, arrays: dict[str, np.ndarray]) -> None:
         """Caches z [D], z_groups [G, D]; raises ValueError (nothing cached) for missing,
@@ -63,7 +80,7 @@ class ItemCache:
                 f"features of shape z {z.shape}, z_groups {z_groups.shape}; this cache holds "
                 f"z ({want[0]},), z_groups ({want[1]}, {want[0]})"
             )
-        c = self.items.setdefault(item_id, ItemContent())
+        c = self._content(item_id)
         c.z, c.z_groups = z, z_groups
         c.encoder_version, c.uploaded_at = header.encoder_version, header.uploaded_at
         self.dims = (d, g)
@@ -78,7 +95,7 @@ class ItemCache:
                 f"p_coarse of shape {p_coarse.shape}; this cache holds ({self.id_dim},)"
             )
         arrays = {**arrays, "p_coarse": p_coarse}
-        c = self.items.setdefault(item_id, ItemContent())
+        c = self._content(item_id)
         if header.proxy_version.startswith(REPROXY_PREFIX) and c.p_coarse is not None:
             return
         if header.produced_at >= c.coarse_at:

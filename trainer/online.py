@@ -2,14 +2,16 @@
 
 Loop (one process per variant; ``idproxy trainer``):
 
-1. poll up to ``online_batch_size`` TrainingSample records (waiting at most
-   ``batch_max_wait_ms``) from every partition of ``samples`` (manually assigned, so there
-   is no rebalance and the batch order is fixed by the topic);
-2. hand them to the :class:`~trainer.online_core.TrainerCore` under the crash-loop
-   quarantine (``streams/quarantine.py``; its marker file is ``<state dir>/inflight.json``):
-   the core decodes them (inline by default, or in a helper process that decodes batch k+1
-   while batch k trains), drops duplicates (``sample_id`` seen among the last
-   ``dedup_window`` ids), dead-letters malformed records and turns ids into rows;
+1. poll ``samples`` records (each a frame of N samples, ``streams/sample_batch.py``) from
+   every partition (manually assigned, so there is no rebalance and the batch order is
+   fixed by the topic) until the samples they announce reach ``online_batch_size``, or
+   ``batch_max_wait_ms`` after the first record; a record's samples are never split
+   between batches (records polled beyond the batch wait for the next one);
+2. hand the records to the :class:`~trainer.online_core.TrainerCore` under the crash-loop
+   quarantine (``streams/quarantine.py``; markers by record offset in
+   ``<state dir>/inflight.json``): the core decodes them (a malformed record is
+   dead-lettered whole), drops repeated sample keys (seen among the last
+   ``dedup_window``) and maps ids to table rows;
 3. **prequential**: the forward pass runs before the optimiser step, so its probabilities are
    the scores of a model that has not seen the batch; they feed ``WindowedAUC`` for all and
    for new items, and the prediction stream (score, label, is_new, ts);
@@ -31,6 +33,7 @@ import json
 import logging
 import time
 import uuid
+from collections import deque
 from pathlib import Path
 
 import torch
@@ -45,6 +48,7 @@ from trainer.online_model import Variant
 from trainer.online_report import TrainerMetrics, append_line, cumulative_summary, finite
 from trainer.online_state import checkpoint_manifest, fresh_shape, new_core, restore_core
 from trainer.reproxy import bundle_fine, publish_proxies, save_fine_bundle
+from trainer.sample_decoder import record_samples
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +109,7 @@ class OnlineTrainer:
         self.last_checkpoint: str | None = None
         self.proxy_version: str | None = None
         self.stopping = False
+        self.pending: deque = deque()  # records polled beyond the last batch, in order
         self.core: TrainerCore | None = None
         self._prom = TrainerMetrics(metrics_port, settings.metrics_host)
         self.core = self._setup()
@@ -156,24 +161,33 @@ class OnlineTrainer:
 
     # ------------------------------------------------------------------ the loop
     def _poll_batch(self) -> list:
+        """Records whose samples reach ``online_batch_size`` (the last record completes
+        the batch), or what came within ``batch_max_wait_ms`` of the first; [] when a
+        poll finds nothing."""
         t = self.settings.trainer
+        size, pending = t.online_batch_size, self.pending
         batch: list = []
-        deadline = None
-        while len(batch) < t.online_batch_size and not self.stopping:
-            timeout = 200 if deadline is None else max(0, int((deadline - time.time()) * 1000))
+        samples, deadline = 0, None
+        while not self.stopping:
+            while pending and samples < size:
+                batch.append(pending.popleft())
+                samples += record_samples(batch[-1].value)
+            if samples >= size:
+                break
+            now = time.time()
+            if batch and deadline is None:
+                deadline = now + t.batch_max_wait_ms / 1000
+            if deadline is not None and now >= deadline:
+                break
             polled = poll_or_wait(
                 self.consumer,
                 self.settings.kafka.outage_backoff_s,
-                timeout_ms=timeout,
-                max_records=t.online_batch_size - len(batch),
+                timeout_ms=200 if deadline is None else max(0, int((deadline - now) * 1000)),
+                max_records=size - samples,  # each record holds at least one sample
             )
             for records in polled.values():
-                batch.extend(records)
-            if batch and deadline is None:
-                deadline = time.time() + t.batch_max_wait_ms / 1000
-            if deadline is None and not polled:
-                return batch
-            if deadline is not None and time.time() >= deadline:
+                pending.extend(records)
+            if not polled and deadline is None:
                 break
         return batch
 
@@ -187,14 +201,7 @@ class OnlineTrainer:
                 while not self.stopping:
                     self.reader.poll()
                     messages = self._poll_batch()
-                    consumed, started = core.consumed, time.time()
-                    # a quiet poll trains the batch in flight at once
-                    n = self._handle(messages) if messages else self._flush_all()
-                    if messages:
-                        idle_since = time.time()
-                    if core.consumed == consumed:  # no batch finished
-                        if messages:  # the first batch after a pause is now in flight
-                            continue
+                    if not messages:
                         if idle_exit_s is not None and time.time() - idle_since > idle_exit_s:
                             break
                         # a quiet stream still gets its metrics line and its checkpoint
@@ -207,6 +214,9 @@ class OnlineTrainer:
                             self.checkpoint()
                             dirty = False
                         continue
+                    started = time.time()
+                    n = self._handle(messages)
+                    idle_since = time.time()
                     dirty = True
                     self._prom.observe(
                         core, self.consumer, self.partitions, n, time.time() - started
@@ -218,9 +228,7 @@ class OnlineTrainer:
                     ):
                         self.checkpoint()
                         dirty = False
-            consumed = core.consumed
-            self._flush_all()  # the batch in flight, if the loop stopped with one
-            if dirty or core.consumed != consumed:
+            if dirty:
                 self.checkpoint()
             self.report()
             return self.summary()
@@ -231,28 +239,18 @@ class OnlineTrainer:
             self.close()
 
     def _handle(self, messages: list) -> int:
-        """``core.feed(messages)`` under the crash-loop quarantine: the records in flight
-        (this batch and the one it trains) behind a marker; after a death, the records it
-        covered one at a time, each trained at once, and one that died alone
-        ``quarantine_deaths`` times dead-lettered. Returns the samples trained."""
+        """``core.process(messages)`` under the crash-loop quarantine: the records behind
+        a marker while they are trained; after a death, the records it covered one at a
+        time, and one that died alone ``quarantine_deaths`` times dead-lettered. The
+        marker goes once they are trained: a later death (a checkpoint, a kill while
+        idle) is not theirs. Returns the samples trained."""
         core, trained = self.core, 0
-        step = core.feed
-        if any(self.quarantine.is_suspect(m) for m in messages):
-            trained += self._flush_all()
-            step = core.process
 
         def run(records: list) -> None:
             nonlocal trained
-            trained += step(records)
+            trained += core.process(records)
 
-        self.quarantine.handle_in_order(
-            messages, run, self._quarantined, self.producer.flush, in_flight=core.in_flight or []
-        )
-        return trained
-
-    def _flush_all(self) -> int:
-        """Trains the batch in flight; nothing is in flight any more, so no marker."""
-        trained = self.core.flush()
+        self.quarantine.handle_in_order(messages, run, self._quarantined, self.producer.flush)
         self.quarantine.clear()
         return trained
 
@@ -392,5 +390,3 @@ class OnlineTrainer:
         self.producer.close()
         self.consumer.close(autocommit=False)
         self.reader.close()
-        if self.core is not None:
-            self.core.close()

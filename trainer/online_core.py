@@ -8,29 +8,34 @@ and ``idproxy bench trainer``: the code measured offline is the code that runs l
 from __future__ import annotations
 
 import logging
-from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from idproxy.settings import Settings
+from streams.sample_batch import id_hashes
 from trainer.checkpoint import Predictions
 from trainer.item_cache import ItemCache
 from trainer.online_model import Batch, OnlineRanker
 from trainer.optim import RowSparseAdam
-from trainer.sample_decoder import DecodedBatch, DecoderState, open_decoder
+from trainer.sample_decoder import DecodedBatch, SampleDecoder
 from trainer.streaming_metrics import WindowedAUC
 
 log = logging.getLogger(__name__)
 
 
 class BatchBuilder:
-    """:class:`DecodedBatch` -> :class:`Batch` (grows the ID tables; gathers cached content).
+    """:class:`DecodedBatch` -> :class:`Batch`: ids -> table rows (the tables grow), and
+    the cached content of the batch's items.
 
-    Content is mirrored in tensors aligned with the item table's rows (p_coarse [R, d],
-    z_groups [R, G, D], has [R]), refreshed from the cache's change log before each batch,
-    so a batch gathers its distinct items with one index_select.
+    The user and item ids take their rows from the model's tables in two calls
+    (``GrowingEmbedding.rows``): the users, then the targets followed by the history ids, so
+    new ids get rows in that fixed order. Content is mirrored in tensors aligned with the
+    item table's rows (p_coarse [R, d], z_groups [R, G, D], has [R]), refreshed from the
+    cache's change log before each batch, so a batch gathers its distinct items with one
+    index_select.
     """
 
     def __init__(self, model: OnlineRanker, cache: ItemCache) -> None:
@@ -45,37 +50,39 @@ class BatchBuilder:
             self.has = torch.zeros(0, dtype=torch.bool)
 
     def _sync(self) -> None:
-        table = self.model.item_table
+        table, cache = self.model.item_table, self.cache
         if len(self.has) < table.capacity:
             extra = table.capacity - len(self.has)
             self.pc = torch.cat([self.pc, self.pc.new_zeros(extra, *self.pc.shape[1:])])
             self.zg = torch.cat([self.zg, self.zg.new_zeros(extra, *self.zg.shape[1:])])
             self.has = torch.cat([self.has, self.has.new_zeros(extra)])
         rows = set(range(self.synced_rows + 1, table.n_ids + 1))
-        changes = self.cache.changes
-        rows.update(table.index[i] for i in changes[self.cursor :] if i in table.index)
-        self.cursor, self.synced_rows = len(changes), table.n_ids
+        changed = cache.changes[self.cursor :]
+        if changed:
+            found = table.index.find(id_hashes(changed))
+            rows.update(found[found > 0].tolist())
+        self.cursor, self.synced_rows = len(cache.changes), table.n_ids
+        ids = table.index.ids
         for row in rows:
-            item = table.ids[row - 1]
-            if self.cache.ready(item):
-                c = self.cache.items[item]
+            item = cache.item_of(int(ids[row - 1]))
+            if item is not None and cache.ready(item):
+                c = cache.items[item]
                 self.pc[row] = torch.from_numpy(c.p_coarse)
                 self.zg[row] = torch.from_numpy(c.z_groups)
                 self.has[row] = True
 
     def build(self, decoded: DecodedBatch) -> Batch:
         m = self.model
-        m.user_table.add(decoded.new_user_ids)  # the decoder's row plan, before any use
-        m.item_table.add(decoded.new_item_ids)
-        items = torch.from_numpy(decoded.items)
-        history = torch.from_numpy(decoded.history)
-        batch = Batch(
-            torch.from_numpy(decoded.users), items, history, torch.from_numpy(decoded.labels)
-        )
+        n = len(decoded)
+        users = m.user_table.rows(decoded.users)
+        rows = m.item_table.rows(np.concatenate([decoded.items, decoded.history.ravel()]))
+        items = torch.from_numpy(rows[:n])
+        history = torch.from_numpy(rows[n:].reshape(decoded.history.shape))
+        batch = Batch(torch.from_numpy(users), items, history, torch.from_numpy(decoded.labels))
         if m.variant == "idproxy":
             self._sync()
-            rows = torch.cat([items[:, None], history], dim=1)
-            uniq, inverse = torch.unique(rows, return_inverse=True)
+            both = torch.cat([items[:, None], history], dim=1)
+            uniq, inverse = torch.unique(both, return_inverse=True)
             batch.content_index = inverse
             batch.p_coarse = self.pc[uniq]
             batch.z_groups = self.zg[uniq]
@@ -136,31 +143,14 @@ def fit_fine_normaliser(
     return len(ids)
 
 
-def decoder_state(
-    settings: Settings, model: OnlineRanker, recent_ids: Sequence[str] = ()
-) -> DecoderState:
-    """The sample decoder's start: the trainer's settings and the model's table ids."""
-    t = settings.trainer
-    return DecoderState(
-        history_len=t.history_len,
-        dedup_window=t.dedup_window,
-        new_item_interactions=t.new_item_interactions,
-        new_item_age_s=t.new_item_age_s,
-        user_ids=model.user_table.ids,
-        item_ids=model.item_table.ids,
-        recent_ids=list(recent_ids),
-    )
-
-
 class TrainerCore:
     """The Kafka-free part of the loop: decode, de-duplicate, score, train, keep metrics.
 
-    Records have ``.value``, ``.partition``, ``.offset``. ``feed(records)`` hands a batch to
-    the sample decoder and trains the batch fed before it (so decoding overlaps training
-    when the decoder is a process); ``flush()`` trains the batch in flight;
-    ``process(records)`` is both. Each returns the samples trained. ``recent_ids``: the
-    sample ids a restored trainer had seen (for de-duplication); ``reject(record, reason)``
-    receives malformed samples (the trainer's dead-letter sink). Call ``close()`` at the end.
+    Records have ``.value``, ``.partition``, ``.offset``. ``process(records)`` decodes them
+    (:class:`SampleDecoder`: a record that does not decode goes to ``reject(record,
+    reason)``, the trainer's dead-letter sink; repeated sample keys are dropped) and trains
+    the kept samples as one batch; it returns the samples trained. ``recent_keys``: the
+    sample keys a restored trainer had seen (for de-duplication).
     """
 
     def __init__(
@@ -169,11 +159,11 @@ class TrainerCore:
         model: OnlineRanker,
         optimizer,
         cache: ItemCache,
-        recent_ids: Sequence[str] = (),
+        recent_keys: Iterable[int] = (),
         reject: Callable[[object, str], None] | None = None,
     ):
         t = settings.trainer
-        self.on_reject = reject  # (record, reason) for a malformed sample; default: logged
+        self.on_reject = reject  # (record, reason) for a malformed record; default: logged
         self.settings = settings
         self.model = model
         self.optimizer = optimizer
@@ -182,9 +172,7 @@ class TrainerCore:
         self.metrics_all = WindowedAUC(t.eval_window)
         self.metrics_new = WindowedAUC(t.eval_window)
         self.predictions = Predictions()
-        self.recent: deque[str] = deque(recent_ids, maxlen=t.dedup_window)  # for checkpoints
-        self.decoder = open_decoder(t.sample_decoder, decoder_state(settings, model, recent_ids))
-        self.in_flight: list | None = None  # records fed to the decoder, not yet trained
+        self.decoder = SampleDecoder.from_settings(t, recent_keys)
         self.samples = 0
         self.new_samples = 0
         self.batches = 0  # batches trained
@@ -192,31 +180,24 @@ class TrainerCore:
         self.rejected = 0
         self.offsets: dict[int, int] = {}
 
+    @property
+    def recent_keys(self) -> list[int]:
+        """The de-duplication window's sample keys, oldest first (for checkpoints)."""
+        return self.decoder.recent.keys().tolist()
+
     def reject(self, message, reason: str) -> None:
         """Counts a record that is not trained on, and hands it to ``on_reject``."""
         self.rejected += 1
         if self.on_reject is not None:
             self.on_reject(message, reason)
         else:
-            log.warning("rejected sample at %d@%d: %s", message.partition, message.offset, reason)
-
-    def feed(self, messages: list) -> int:
-        """Submits ``messages`` to the decoder, then trains the batch fed before them."""
-        previous = self.in_flight
-        decoded = self.decoder.collect() if previous is not None else None
-        self.in_flight = None
-        if messages:
-            self.decoder.submit([m.value for m in messages])
-            self.in_flight = messages
-        return self._train(previous, decoded) if previous is not None else 0
-
-    def flush(self) -> int:
-        """Trains the batch in flight, if any."""
-        return self.feed([])
+            log.warning("rejected samples at %d@%d: %s", message.partition, message.offset, reason)
 
     def process(self, messages: list) -> int:
-        """Decodes, scores (prequential) and trains on one batch (and any batch in flight)."""
-        return self.feed(messages) + self.flush()
+        """Decodes, scores (prequential) and trains on one batch of records."""
+        if not messages:
+            return 0
+        return self._train(messages, self.decoder.decode([m.value for m in messages]))
 
     def _train(self, messages: list, decoded: DecodedBatch) -> int:
         offsets = self.offsets
@@ -225,10 +206,9 @@ class TrainerCore:
         for index, reason in decoded.rejected:
             self.reject(messages[index], reason)
         self.consumed += 1
-        n = len(decoded.sample_ids)
+        n = len(decoded)
         if not n:
             return 0
-        self.recent.extend(decoded.sample_ids)
         batch = self.builder.build(decoded)
         if not self.model.training:  # train() walks every module: ~40 µs, so only if needed
             self.model.train()
@@ -249,7 +229,3 @@ class TrainerCore:
         self.metrics_all.update(a["score"][-w:], a["label"][-w:])
         new = a["is_new"]
         self.metrics_new.update(a["score"][new][-w:], a["label"][new][-w:])
-
-    def close(self) -> None:
-        """Stops the sample decoder (a batch still in flight is not trained)."""
-        self.decoder.close()

@@ -89,7 +89,7 @@ def restore_core(
     optimizer = attach_optimizer(model, t.online_lr, t.online_adaptor_lr_scale)
     load_optimizer(optimizer, tensors, manifest["opt_groups"])
     core = TrainerCore(
-        settings, model, optimizer, cache, manifest["recent_sample_ids"], reject=reject
+        settings, model, optimizer, cache, manifest["recent_sample_keys"], reject=reject
     )
     core.samples, core.batches = manifest["samples"], manifest["batches"]
     core.new_samples = manifest["new_samples"]
@@ -114,8 +114,8 @@ def checkpoint_manifest(
         "new_samples": core.new_samples,
         "batches": core.batches,
         "checkpoints": checkpoints,
-        "user_table_ids": core.model.user_table.ids,
+        "user_table_ids": core.model.user_table.ids,  # int64 ids (id_hash), in row order
         "item_table_ids": core.model.item_table.ids,
-        "recent_sample_ids": list(core.recent),
+        "recent_sample_keys": core.recent_keys,
         "proxy_version": proxy_version,
     }

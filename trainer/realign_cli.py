@@ -6,9 +6,11 @@ to a table that already leans on the proxies.
 
 One run (``--once``, or every ``realign_interval_s`` with ``--schedule``):
 
-1. loads the trainer's latest checkpoint: item ids, ID rows and update counts;
+1. loads the trainer's latest checkpoint: item ids (int64, ``id_hash`` of the string ids),
+   ID rows and update counts;
 2. reads the features z of those items from the compacted ``item-features`` topic (only
-   features of the current encoder version: φ maps that encoder's z);
+   features of the current encoder version: φ maps that encoder's z), matching a
+   feature record's string item id to a row by its ``id_hash``;
 3. takes the current coarse head φ from the LATEST bundle (else the seeded, untrained
    heads ``ProxyService.assemble`` builds) and calls ``trainer.realign.realign_coarse_head``
    (keep ≥ τ updates, ℓ2-normalise, warm-start φ, old vs new on held-out ids, guardrail);
@@ -66,6 +68,7 @@ def realign_once(settings: Settings, broker, args: argparse.Namespace) -> dict:
     from proxy_model.heads import FineHead
     from proxy_model.service import ProxyService
     from streams.kafka_config import common_config, producer_config
+    from streams.sample_batch import id_hash
     from streams.topics import ensure_topics
     from trainer.checkpoint import CheckpointDir, model_state
     from trainer.content import stage1_config
@@ -97,8 +100,9 @@ def realign_once(settings: Settings, broker, args: argparse.Namespace) -> dict:
     current = [
         i for i in cache.with_features() if cache.items[i].encoder_version == svc.encoder_version
     ]
-    row_of = {i: r for r, i in enumerate(ids)}
-    both = [i for i in current if i in row_of]
+    row_of = {key: r for r, key in enumerate(ids)}  # the table's int64 ids (id_hash) -> row
+    hashed = {i: id_hash(i) for i in current}
+    both = [i for i in current if hashed[i] in row_of]
 
     def stack(items: list[str], attr: str) -> torch.Tensor:
         return torch.stack([torch.from_numpy(getattr(cache.items[i], attr)) for i in items])
@@ -117,7 +121,7 @@ def realign_once(settings: Settings, broker, args: argparse.Namespace) -> dict:
             "accepted": False,
             "reason": f"only {len(both)} items have features and ID rows",
         }
-    rows = torch.tensor([row_of[i] for i in both])
+    rows = torch.tensor([row_of[hashed[i]] for i in both])
     config = stage1_config(settings, settings.stage1.seed)
     t = settings.trainer
     try:

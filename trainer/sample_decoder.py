@@ -1,390 +1,288 @@
-"""TrainingSample records -> row arrays for the online trainer, in its process or beside it.
+"""``samples`` records -> one training batch of numpy columns, for the online trainer.
 
-The trainer's per-sample work before its training step is: decode and validate the JSON,
-drop repeats by ``sample_id``, and look up the table rows of the user, the target item and
-up to ``history_len`` history items (~22 ids per sample). In CPython that cost about a
-quarter of the id-only ranker's own step (each id a fresh string, hashed and looked up),
-so :class:`SampleDecoder` does it in the compiled ``idproxy_native`` module (``native/``,
-Rust) for batches in the strict JSON form, and keeps the pydantic schema as the judge of
-every other record. It returns plain numpy arrays (:class:`DecodedBatch`); it imports
-neither torch nor Kafka.
+A record on ``samples`` is one :class:`~streams.sample_batch.SampleBatch` frame of N
+samples (the contract: ``streams/sample_batch.py``, docs/WIRE_FORMAT.md). The decoder:
 
-Two ways to run it, with the same ``submit(values)`` / ``collect()`` interface, one batch in
-flight at a time:
+1. decodes each record with :meth:`SampleBatch.decode` (header, dtypes, shapes), and
+   checks the values (:meth:`SampleBatch.check`) once over the joined columns of the
+   records of one history length, record by record only when that fails (every check is
+   per sample, so the verdicts and reasons are those of ``SampleBatch.decode`` alone); a
+   record that fails is rejected *whole*, with the :class:`EventError` reason (the
+   trainer dead-letters it);
+2. concatenates the columns of the records that passed, in record order, and cuts or pads
+   each record's history to the trainer's ``history_len`` h (the newest h items,
+   left-aligned, oldest first; 0 pads);
+3. drops repeats by ``sample_key``: a key seen earlier in the batch or among the last
+   ``dedup_window`` kept keys (:class:`RecentKeys`, restored from the checkpoint);
+4. computes ``is_new`` = ``item_interactions < new_item_interactions`` or
+   ``item_age_s < new_item_age_s`` (an unknown age, NaN, is not young).
 
-* :class:`SampleDecoder` itself — in the trainer's process (the default);
-* :class:`DecoderProcess` — in a child process (``python -m trainer.sample_decoder``), so
-  on a machine with a second core the trainer trains batch k while batch k+1 is decoded.
-  The two talk over pipes with length-prefixed binary frames (no pickle): the child's
-  start-up state as JSON (:class:`DecoderState`), answered by an empty frame once it is
-  ready; then per batch the raw record values in, and a JSON header plus raw
-  little-endian arrays out. The child ignores SIGINT/SIGTERM
-  and exits when its stdin closes, so a trainer that stops or is SIGKILLed takes it along.
+All of it is a few numpy calls per batch and one :meth:`SampleBatch.decode` per record, no
+Python work per sample. Ids stay the contract's int64 ids: the model's tables map them to
+rows (``GrowingEmbedding.rows``, called by ``trainer.online_core.BatchBuilder``), which hold
+the trainer's only id -> row map. The module imports neither torch nor Kafka.
 
-**Row plan.** The decoder owns the id -> row index of the user and item tables. An unknown
-id takes the next free row, in a fixed order (users in sample order; items: the targets in
-sample order, then the history ids), and the batch lists the ids it added
-(``new_user_ids``, ``new_item_ids``). The trainer appends them to its tables
-(``GrowingEmbedding.add``) before it uses the rows, so both indexes stay equal. A restarted
-trainer starts a decoder from its checkpoint's id lists and recent sample ids, so the
-decoder's state never runs ahead of the model's.
-
->>> d = SampleDecoder(DecoderState(history_len=3, dedup_window=10, new_item_interactions=5,
-...                                new_item_age_s=0.0))
->>> raw = (b'{"sample_id":"c/0/%d","user_id":"u1","item_id":"%s","label":1,"ts":5,'
-...        b'"history":%s,"item_interactions":%d,"item_known":true}')
->>> b = d.decode([raw % (1, b"a", b'["b","c"]', 0), b"not json", raw % (1, b"a", b"[]", 0),
-...               raw % (2, b"c", b'["b"]', 9)])
->>> b.sample_ids, b.new_user_ids, b.new_item_ids   # the repeat of c/0/1 is dropped
-(['c/0/1', 'c/0/2'], ['u1'], ['a', 'c', 'b'])
->>> b.users.tolist(), b.items.tolist(), b.history.tolist()
-([1, 1], [1, 2], [[3, 2, 0], [3, 0, 0]])
->>> b.labels.tolist(), b.is_new.tolist(), [k for k, _ in b.rejected]
-([1.0, 1.0], [True, False], [1])
+>>> from streams.sample_batch import SampleBatch, id_hash, sample_key
+>>> def frame(*rows):
+...     return SampleBatch.from_rows([dict(sample_key=sample_key(0, k), user="u1", item=i,
+...         label=1, ts=5.0, history=h, item_interactions=n, item_age_s=None,
+...         item_known=True) for k, i, h, n in rows], history_len=4).encode()
+>>> d = SampleDecoder(history_len=2, dedup_window=10, new_item_interactions=5,
+...                   new_item_age_s=0.0)
+>>> b = d.decode([frame((1, "a", ["x", "b", "c"], 0)), b"not a frame",
+...               frame((1, "a", [], 0), (2, "c", ["b"], 9))])
+>>> b.keys.tolist(), [k for k, _ in b.rejected]   # the repeat of key 1 is dropped
+([1, 2], [1])
+>>> b.history.tolist() == [[id_hash("b"), id_hash("c")], [id_hash("b"), 0]]
+True
+>>> b.labels.tolist(), b.is_new.tolist(), d.recent.keys().tolist()
+([1.0, 1.0], [True, False], [1, 2])
 """
 
 from __future__ import annotations
 
 import json
-import os
-import signal
 import struct
-import subprocess
-import sys
-from array import array
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import BinaryIO, Protocol
 
-import msgspec
 import numpy as np
-from pydantic import BaseModel, Field
 
-from streams.events import EventError, TrainingSample
-from streams.fast_decode import fast_decoder
+from streams.events import FRAME_MAGIC, EventError
+from streams.sample_batch import COLUMNS, SampleBatch
 
-try:
-    from idproxy_native import RowDecoder, strict_error
-except ImportError as exc:
-    raise ImportError(
-        "the trainer's compiled sample decoder (idproxy_native) is not installed:"
-        " run `make setup`, which builds native/ with cargo"
-    ) from exc
-
-_LENGTH = struct.Struct("<Q")  # a frame's payload length
-_COUNT = struct.Struct("<I")
-
-
-class DecoderState(BaseModel):
-    """What a decoder starts from: its settings and the tables' ids in row order."""
-
-    history_len: int = Field(ge=1, description="history items kept per sample (the newest)")
-    dedup_window: int = Field(ge=1, description="recent sample ids remembered for repeats")
-    new_item_interactions: int = Field(ge=0, description="tau: new while interactions < tau")
-    new_item_age_s: float = Field(description="... or while younger than this (s)")
-    user_ids: list[str] = Field(default_factory=list, description="row r holds user_ids[r-1]")
-    item_ids: list[str] = Field(default_factory=list)
-    recent_ids: list[str] = Field(default_factory=list, description="oldest first")
+_I64 = np.zeros(0, np.int64)
 
 
 @dataclass
 class DecodedBatch:
-    """The kept samples of one batch of records, as rows (n = kept samples, h = history_len).
+    """The kept samples of one batch of records, n of them, in record order (h =
+    ``history_len``).
 
-    users, items int64 [n]; history int64 [n, h] (left-aligned, oldest first, 0 = pad);
-    labels float32 [n]; is_new bool [n]; ts float64 [n] (s); sample_ids [n];
-    new_user_ids / new_item_ids: ids given rows in this batch, in row order;
-    rejected: (index in the submitted records, reason) of the records that did not decode.
+    keys int64 [n] (sample keys); users, items int64 [n] and history int64 [n, h] (ids,
+    ``id_hash`` of the string ids, history left-aligned, oldest first, 0 = pad); labels
+    float32 [n]; is_new bool [n]; ts float64 [n] (s); rejected: (index in the submitted
+    records, reason) of the records that did not decode.
     """
 
+    keys: np.ndarray
     users: np.ndarray
     items: np.ndarray
     history: np.ndarray
     labels: np.ndarray
     is_new: np.ndarray
     ts: np.ndarray
-    sample_ids: list[str]
-    new_user_ids: list[str]
-    new_item_ids: list[str]
     rejected: list[tuple[int, str]]
 
-    _ARRAYS = (("users", np.int64), ("items", np.int64), ("history", np.int64),
-               ("labels", np.float32), ("is_new", np.bool_), ("ts", np.float64))  # fmt: skip
+    def __len__(self) -> int:
+        return len(self.keys)
 
-    def to_bytes(self) -> bytes:
-        """u32 header length | JSON header (ids, rejections) | the arrays, raw."""
-        header = json.dumps(
-            {
-                "sample_ids": self.sample_ids,
-                "new_user_ids": self.new_user_ids,
-                "new_item_ids": self.new_item_ids,
-                "rejected": self.rejected,
-            }
-        ).encode()
-        parts = [_COUNT.pack(len(header)), header]
-        parts += [np.ascontiguousarray(getattr(self, name), dtype).tobytes()
-                  for name, dtype in self._ARRAYS]  # fmt: skip
-        return b"".join(parts)
 
-    @classmethod
-    def from_bytes(cls, frame: bytearray, history_len: int) -> DecodedBatch:
-        """Inverse of :meth:`to_bytes`; the arrays are writable views of ``frame``."""
-        (size,) = _COUNT.unpack_from(frame)
-        header = json.loads(frame[_COUNT.size : _COUNT.size + size])
-        n = len(header["sample_ids"])
-        at = _COUNT.size + size
-        arrays = {}
-        for name, dtype in cls._ARRAYS:
-            count = n * history_len if name == "history" else n
-            arrays[name] = np.frombuffer(frame, dtype, count, at)
-            at += count * np.dtype(dtype).itemsize
-        if at != len(frame):
-            raise ValueError(f"decoded-batch frame of {len(frame)} bytes, expected {at}")
-        arrays["history"] = arrays["history"].reshape(n, history_len)
-        rejected = [(int(k), str(reason)) for k, reason in header["rejected"]]
-        return cls(
-            **arrays,
-            sample_ids=header["sample_ids"],
-            new_user_ids=header["new_user_ids"],
-            new_item_ids=header["new_item_ids"],
-            rejected=rejected,
-        )
+class RecentKeys:
+    """The last ``size`` kept sample keys: a set for membership, a ring for their order.
+
+    >>> r = RecentKeys(3, [1, 2])
+    >>> r.fresh(np.array([2, 5, 5, 6, 7])).tolist()   # 2 was seen; the second 5 repeats
+    [False, True, False, True, True]
+    >>> r.keys().tolist()   # the window holds the last 3 kept keys
+    [5, 6, 7]
+    """
+
+    def __init__(self, size: int, keys: Iterable[int] = ()) -> None:
+        if size < 1:
+            raise ValueError("the dedup window holds at least one key")
+        self.size = size
+        self.ring = np.zeros(size, np.int64)
+        self.filled = 0
+        self.at = 0  # the next slot written
+        self.seen: set[int] = set()
+        self._add(np.fromiter(keys, np.int64))
+
+    def __len__(self) -> int:
+        return self.filled
+
+    def keys(self) -> np.ndarray:
+        """The window's keys, oldest first."""
+        if self.filled < self.size:
+            return self.ring[: self.filled].copy()
+        return np.concatenate([self.ring[self.at :], self.ring[: self.at]])
+
+    def fresh(self, keys: np.ndarray) -> np.ndarray:
+        """bool [n]: the first occurrence of a key not in the window; those keys join it."""
+        listed = keys.tolist()
+        if self.seen.isdisjoint(listed):
+            mask = np.ones(len(listed), bool)
+        else:
+            seen = self.seen
+            mask = np.fromiter((k not in seen for k in listed), bool, len(listed))
+        if len(set(listed)) < len(listed):  # repeats inside the batch: keep the first
+            first = np.zeros(len(listed), bool)
+            first[np.unique(keys, return_index=True)[1]] = True
+            mask &= first
+        self._add(keys[mask])
+        return mask
+
+    def _add(self, kept: np.ndarray) -> None:
+        """Appends keys that are not in the window (the oldest ones leave)."""
+        k = len(kept)
+        if k >= self.size:
+            self.ring[:] = kept[-self.size :]
+            self.seen = set(self.ring.tolist())
+            self.filled, self.at = self.size, 0
+            return
+        slots = (self.at + np.arange(k)) % self.size
+        evicted = self.ring[slots[slots < self.filled]]
+        self.seen.difference_update(evicted.tolist())
+        self.ring[slots] = kept
+        self.seen.update(kept.tolist())
+        self.at = (self.at + k) % self.size
+        self.filled = min(self.size, self.filled + k)
+
+
+def _history(batch: SampleBatch, h: int) -> np.ndarray:
+    """The batch's history cut or padded to ``h`` slots: the newest h items, left-aligned."""
+    n, slots = batch.history.shape
+    if slots == h:
+        return batch.history
+    if slots < h:
+        out = np.zeros((n, h), np.int64)
+        out[:, :slots] = batch.history
+        return out
+    count = batch.history_count.astype(np.int64)[:, None]
+    at = np.maximum(count - h, 0) + np.arange(h)[None, :]
+    out = np.take_along_axis(batch.history, np.minimum(at, slots - 1), axis=1)
+    out[at >= count] = 0
+    return out
+
+
+def record_samples(raw: bytes | None) -> int:
+    """The sample count a ``samples`` record announces in its frame header (1 when it has
+    none: the record is rejected as a whole anyway). For batch sizing; decoding validates."""
+    try:
+        if raw[:4] == FRAME_MAGIC:
+            (size,) = struct.unpack_from("<I", raw, 4)
+            count = json.loads(raw[8 : 8 + size])["header"]["count"]
+            if isinstance(count, int) and count > 0:
+                return count
+    except (TypeError, ValueError, KeyError, IndexError, struct.error, RecursionError):
+        pass
+    return 1
 
 
 class SampleDecoder:
-    """Records (bytes, or None for a tombstone) -> :class:`DecodedBatch`.
+    """Records (bytes, or None for a tombstone) -> :class:`DecodedBatch`; holds the window
+    of recent sample keys (``recent``)."""
 
-    The compiled :class:`idproxy_native.RowDecoder` (``native/``) holds the state (the id
-    -> row maps, the recent sample ids) and decodes a batch whose records are all in
-    TrainingSample's *strict* JSON form (exact JSON types, no unknown fields) — what the
-    stream processor writes. A batch with any other record (malformed, a tombstone, or lax
-    such as ``"ts": "5"``) takes the Python path: each record goes through the pydantic
-    schema (:func:`streams.fast_decode.fast_decoder`), a bad one is rejected with
-    pydantic's reason, and a good one is re-encoded in the strict form; the compiled
-    decoder then takes those. So a record is accepted exactly when pydantic accepts it.
-    """
+    def __init__(
+        self,
+        history_len: int,
+        dedup_window: int,
+        new_item_interactions: int,
+        new_item_age_s: float,
+        recent_keys: Iterable[int] = (),
+    ) -> None:
+        self.history_len = history_len
+        self.tau = new_item_interactions
+        self.max_age = new_item_age_s
+        self.recent = RecentKeys(dedup_window, recent_keys)
 
-    def __init__(self, state: DecoderState) -> None:
-        self.history_len = state.history_len
-        self.decode_one = fast_decoder(TrainingSample)
-        self.rows = RowDecoder(
-            state.history_len,
-            state.dedup_window,
-            state.new_item_interactions,
-            state.new_item_age_s,
-            state.user_ids,
-            state.item_ids,
-            state.recent_ids,
+    @classmethod
+    def from_settings(cls, trainer, recent_keys: Iterable[int] = ()) -> SampleDecoder:
+        """From ``settings.trainer`` (``TrainerSettings``)."""
+        return cls(
+            trainer.history_len,
+            trainer.dedup_window,
+            trainer.new_item_interactions,
+            trainer.new_item_age_s,
+            recent_keys,
         )
-        self.values: list[bytes | None] | None = None  # the batch in flight
 
     def decode(self, values: Sequence[bytes | None]) -> DecodedBatch:
-        values, rejected = list(values), []
-        columns = self.rows.decode(values)
-        if columns is None:  # a record is not in the strict form: the Python path
-            strict, rejected = self._strict_forms(values)
-            columns = self.rows.decode(strict)
-        sample_ids, users, items, history, labels, is_new, ts, new_users, new_items = columns
-        n, i8 = len(sample_ids), np.dtype("<i8")
+        rejected: list[tuple[int, str]] = []
+        framed: list[tuple[int, SampleBatch]] = []
+        for k, raw in enumerate(values):
+            if raw is None:
+                rejected.append((k, "empty message (tombstone)"))
+                continue
+            try:
+                framed.append((k, SampleBatch.decode(raw, check_values=False)))
+            except EventError as exc:
+                rejected.append((k, str(exc)))
+        batches, whole = _checked(framed, rejected)
+        rejected.sort()
+        h = self.history_len
+        if not batches:
+            return DecodedBatch(
+                _I64, _I64, _I64, np.zeros((0, h), np.int64), np.zeros(0, np.float32),
+                np.zeros(0, bool), np.zeros(0, np.float64), rejected,
+            )  # fmt: skip
+        if whole is None:
+            whole = _join(batches)
+        keep = self.recent.fresh(whole.sample_key)
+        everything = bool(keep.all())
+
+        def kept(a: np.ndarray) -> np.ndarray:
+            return a if everything else a[keep]
+
+        if all(b.history_len == whole.history_len for b in batches):
+            history = _history(whole, h)
+        else:  # frames of several history lengths
+            history = np.concatenate([_history(b, h) for b in batches])
+        young = kept(whole.item_age_s) < self.max_age  # NaN (unknown) is not young
         return DecodedBatch(
-            users=np.frombuffer(users, i8),
-            items=np.frombuffer(items, i8),
-            history=np.frombuffer(history, i8).reshape(n, self.history_len),
-            labels=np.frombuffer(labels, "<f4"),
-            is_new=np.frombuffer(is_new, np.bool_),
-            ts=np.frombuffer(ts, "<f8"),
-            sample_ids=sample_ids,
-            new_user_ids=new_users,
-            new_item_ids=new_items,
+            keys=kept(whole.sample_key),
+            users=kept(whole.user),
+            items=kept(whole.item),
+            history=kept(history),
+            labels=kept(whole.label).astype(np.float32),
+            is_new=(kept(whole.item_interactions) < self.tau) | young,
+            ts=kept(whole.ts),
             rejected=rejected,
         )
 
-    # the Decoder interface, in the caller's process: decodes at collect()
-    def submit(self, values: list[bytes | None]) -> None:
-        if self.values is not None:
-            raise RuntimeError("a batch is already in flight: collect() it first")
-        self.values = values
 
-    def collect(self) -> DecodedBatch:
-        if self.values is None:
-            raise RuntimeError("no batch in flight")
-        values, self.values = self.values, None
-        return self.decode(values)
+def _join(batches: list[SampleBatch]) -> SampleBatch:
+    """The batches' columns joined (history only when all have the same length; else
+    empty, and the caller joins the cut histories)."""
+    same = all(b.history_len == batches[0].history_len for b in batches)
+    columns = {
+        name: np.concatenate([getattr(b, name) for b in batches])
+        for name in COLUMNS
+        if same or name != "history"
+    }
+    if not same:
+        columns["history"] = np.zeros((len(columns["sample_key"]), 0), np.int64)
+    return SampleBatch(**columns)
 
-    def close(self) -> None:
-        self.values = None
 
-    def _strict_forms(self, values: list[bytes | None]) -> tuple[list[bytes], list]:
-        """-> (the accepted records re-encoded in the strict form, (index, reason) of the rest)."""
-        strict, rejected = [], []
-        for k, value in enumerate(values):
+def _checked(
+    framed: list[tuple[int, SampleBatch]], rejected: list[tuple[int, str]]
+) -> tuple[list[SampleBatch], SampleBatch | None]:
+    """(the batches whose values pass :meth:`SampleBatch.check`, in order; their join when
+    it was made and holds all of them); the others go to ``rejected`` with their reasons.
+    One check over the joined batches of each history length; each batch on its own only
+    when its group's join fails."""
+    groups: dict[int, list[tuple[int, SampleBatch]]] = {}
+    for k, batch in framed:
+        groups.setdefault(batch.history_len, []).append((k, batch))
+    passed: list[tuple[int, SampleBatch]] = []
+    whole = None
+    for group in groups.values():
+        joined = group[0][1] if len(group) == 1 else _join([b for _, b in group])
+        try:
+            joined.check()
+            passed += group
+            whole = joined
+            continue
+        except EventError:
+            whole = None
+        for k, batch in group:
             try:
-                sample = self.decode_one(value)
+                batch.check()
+                passed.append((k, batch))
             except EventError as exc:
                 rejected.append((k, str(exc)))
-                continue
-            if isinstance(sample, msgspec.Struct):
-                form = msgspec.json.encode(sample)
-            else:  # accepted by pydantic's lax mode only
-                form = sample.model_dump_json().encode()
-            reason = strict_error(form)  # values pydantic takes but int64/float64 cannot
-            if reason is None:
-                strict.append(form)
-            else:
-                rejected.append((k, f"TrainingSample out of the trainer's range: {reason}"))
-        return strict, rejected
-
-
-class Decoder(Protocol):
-    """submit(values) then collect() -> DecodedBatch; one batch in flight; close()."""
-
-    def submit(self, values: list[bytes | None]) -> None: ...
-    def collect(self) -> DecodedBatch: ...
-    def close(self) -> None: ...
-
-
-class DecoderDied(RuntimeError):
-    """The decoder process exited or broke the protocol (its traceback is on stderr)."""
-
-
-def _write_frame(stream: BinaryIO, payload: bytes) -> None:
-    stream.write(_LENGTH.pack(len(payload)))
-    stream.write(payload)
-    stream.flush()
-
-
-def _read_exactly(stream: BinaryIO, size: int) -> bytearray | None:
-    """``size`` bytes, or None at end of stream before the first byte."""
-    buf = bytearray(size)
-    view, got = memoryview(buf), 0
-    while got < size:
-        n = stream.readinto(view[got:])
-        if not n:
-            if got == 0:
-                return None
-            raise EOFError(f"stream ended after {got} of {size} bytes")
-        got += n
-    return buf
-
-
-def _read_frame(stream: BinaryIO) -> bytearray | None:
-    head = _read_exactly(stream, _LENGTH.size)
-    if head is None:
-        return None
-    (size,) = _LENGTH.unpack(head)
-    frame = _read_exactly(stream, size)  # bytearray() when size is 0
-    if frame is None:
-        raise EOFError("stream ended inside a frame")
-    return frame
-
-
-def encode_records(values: Sequence[bytes | None]) -> bytes:
-    """u32 count | int64 lengths (-1 = None) | the values, concatenated."""
-    lengths = array("q", [-1 if v is None else len(v) for v in values])
-    body = b"".join(v for v in values if v is not None)
-    return _COUNT.pack(len(values)) + lengths.tobytes() + body
-
-
-def decode_records(frame: bytearray) -> list[bytes | None]:
-    """Inverse of :func:`encode_records`."""
-    (count,) = _COUNT.unpack_from(frame)
-    lengths = np.frombuffer(frame, np.int64, count, _COUNT.size).tolist()
-    at = _COUNT.size + 8 * count
-    values: list[bytes | None] = []
-    for size in lengths:
-        if size < 0:
-            values.append(None)
-        else:
-            values.append(bytes(frame[at : at + size]))
-            at += size
-    return values
-
-
-class DecoderProcess:
-    """A :class:`SampleDecoder` in a child process: ``python -m trainer.sample_decoder``."""
-
-    def __init__(self, state: DecoderState) -> None:
-        self.history_len = state.history_len
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "trainer.sample_decoder"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-        )
-        self.in_flight = False
-        self._send(state.model_dump_json().encode())
-        if self._receive("did not start") is None:
-            raise self._died("did not start")
-
-    def _receive(self, what: str) -> bytearray | None:
-        try:
-            return _read_frame(self.proc.stdout)
-        except EOFError as exc:
-            raise self._died(f"{what} ({exc})") from exc
-
-    def _died(self, what: str) -> DecoderDied:
-        try:
-            code = self.proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            code = None
-        return DecoderDied(f"sample decoder process {what} (exit code {code}); see its stderr")
-
-    def _send(self, payload: bytes) -> None:
-        try:
-            _write_frame(self.proc.stdin, payload)
-        except (BrokenPipeError, OSError) as exc:
-            raise self._died(f"stopped taking input ({exc})") from exc
-
-    def submit(self, values: list[bytes | None]) -> None:
-        if self.in_flight:
-            raise RuntimeError("a batch is already in flight: collect() it first")
-        self._send(encode_records(values))
-        self.in_flight = True
-
-    def collect(self) -> DecodedBatch:
-        if not self.in_flight:
-            raise RuntimeError("no batch in flight")
-        frame = self._receive("broke off a reply")
-        if frame is None:
-            raise self._died("exited")
-        self.in_flight = False
-        return DecodedBatch.from_bytes(frame, self.history_len)
-
-    def close(self) -> None:
-        """Closes its stdin (the child exits); kills it if it does not within 5 s."""
-        if self.proc.poll() is None:
-            try:
-                self.proc.stdin.close()
-                self.proc.wait(timeout=5)
-            except (OSError, subprocess.TimeoutExpired):
-                self.proc.kill()
-                self.proc.wait()
-        self.proc.stdout.close()
-
-
-def open_decoder(kind: str, state: DecoderState) -> Decoder:
-    """``"process"`` -> :class:`DecoderProcess`, ``"inline"`` -> :class:`SampleDecoder`."""
-    if kind == "process":
-        return DecoderProcess(state)
-    if kind == "inline":
-        return SampleDecoder(state)
-    raise ValueError(f"unknown sample decoder {kind!r} (process or inline)")
-
-
-def main() -> None:
-    """The child: a DecoderState frame, then records frames in, DecodedBatch frames out."""
-    for sig in (signal.SIGINT, signal.SIGTERM):  # the trainer decides when this ends
-        signal.signal(sig, signal.SIG_IGN)
-    reply = os.fdopen(os.dup(1), "wb")  # the protocol's own stdout; stray prints -> stderr
-    os.dup2(2, 1)
-    requests = sys.stdin.buffer
-    first = _read_frame(requests)
-    if first is None:
-        return
-    decoder = SampleDecoder(DecoderState.model_validate_json(first))
-    _write_frame(reply, b"")  # ready
-    while (frame := _read_frame(requests)) is not None:
-        _write_frame(reply, decoder.decode(decode_records(frame)).to_bytes())
-
-
-if __name__ == "__main__":
-    main()
+    if len(groups) > 1:
+        passed.sort(key=lambda kb: kb[0])
+        whole = None
+    return [b for _, b in passed], whole

@@ -7,7 +7,9 @@ size (:class:`Raw`). Each topic's strategy mixes categories: unicode edge cases,
 types, missing and unknown fields, duplicate keys, huge numbers, nesting at the parsers'
 depth limits, records at the size limits, tombstones and garbage bytes. Binary frames
 (``item-features``, ``proxies``) add wrong magic, wrong header lengths, truncated and
-padded bodies, broken array specs and NaN/Inf values.
+padded bodies, broken array specs and NaN/Inf values; ``samples`` frames (typed columns,
+``streams/sample_batch.py``) add wrong dtypes and column lengths, bad labels, NaN/Inf
+times and ages, history padding and counts that disagree, and zero ids.
 
 Which of the records are bad is *not* decided here: the tests ask each component's own
 validator, so a record that happens to be valid must be processed, not dead-lettered.
@@ -25,6 +27,7 @@ import json
 import math
 import struct
 
+import numpy as np
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
@@ -298,33 +301,6 @@ def valid_click() -> st.SearchStrategy[Obj]:
     )
 
 
-def valid_sample() -> st.SearchStrategy[Obj]:
-    return st.builds(
-        lambda n, u, i, label, t, hist, k, age, known: Obj(
-            [
-                ("sample_id", f"hostile/0/{n}"),
-                ("user_id", f"hu{u}"),
-                ("item_id", i),
-                ("label", label),
-                ("ts", t),
-                ("history", hist),
-                ("item_interactions", k),
-                ("item_age_s", age),
-                ("item_known", known),
-            ]
-        ),
-        st.integers(0, 10**6),
-        ids,
-        ids,
-        st.sampled_from([0, 1]),
-        times,
-        st.lists(ids, max_size=25),
-        st.integers(0, 10**6),
-        st.none() | times,
-        st.booleans(),
-    )
-
-
 def valid_commit() -> st.SearchStrategy[Obj]:
     return st.builds(
         lambda v, n, t: Obj([("version", f"h-{v}"), ("expected_items", n), ("created_at", t)]),
@@ -495,6 +471,186 @@ def fixed_frames(topic: str, dim: int, hidden: int) -> list[bytes]:
         frame(header, [[first[0], [*first[1], 1]], second]),
         frame(header, [[first[0], [2]], second]),
     ]
+
+
+# ---------------------------------------------------------------------- samples frames
+
+SAMPLE_DTYPES = {
+    "sample_key": "<i8", "user": "<i8", "item": "<i8", "label": "|i1", "ts": "<f8",
+    "item_interactions": "<i4", "item_age_s": "<f4", "item_known": "|b1", "history": "<i8",
+    "history_count": "|i1",
+}  # fmt: skip
+
+
+def sample_frame(header, columns: dict, dtypes: dict | None = None, body: bytes | None = None):
+    """A samples frame from numpy ``columns`` (written in ``dtypes``, default the
+    contract's) with a hand-rendered ``header``."""
+    dtypes = {**SAMPLE_DTYPES, **(dtypes or {})}
+    arrays, blobs = [], []
+    for name, a in columns.items():
+        dtype = dtypes.get(name, "<f4")
+        a = np.ascontiguousarray(a, dtype=dtype)
+        arrays.append([name, list(a.shape)] + ([dtype] if dtype != "<f4" else []))
+        blobs.append(a.tobytes())
+    head = to_bytes(render(Obj([("header", header), ("arrays", arrays)])))
+    data = b"".join(blobs) if body is None else body
+    return b"IDPF" + struct.pack("<I", len(head)) + head + data
+
+
+def _sample_header(n: int, h: int, **changes) -> Obj:
+    fields = {"kind": "samples", "schema_version": 1, "count": n, "history_len": h,
+              "produced_at": 1.0, **changes}  # fmt: skip
+    return Obj(fields.items())
+
+
+@st.composite
+def _sample_columns(draw) -> dict:
+    """Valid columns of 1-4 samples with 0-4 history slots (keys in [0, 1000): repeats)."""
+    n, h = draw(st.integers(1, 4)), draw(st.integers(0, 4))
+    ints = st.integers(-(2**63), 2**63 - 1).filter(bool)
+    counts = [draw(st.integers(0, h)) for _ in range(n)]
+    history = np.zeros((n, h), np.int64)
+    for k, c in enumerate(counts):
+        history[k, :c] = draw(st.lists(ints, min_size=c, max_size=c))
+    return {
+        "sample_key": np.array(draw(st.lists(st.integers(0, 999), min_size=n, max_size=n))),
+        "user": np.array(draw(st.lists(ints, min_size=n, max_size=n)), np.int64),
+        "item": np.array(draw(st.lists(ints, min_size=n, max_size=n)), np.int64),
+        "label": np.array(draw(st.lists(st.sampled_from([0, 1]), min_size=n, max_size=n))),
+        "ts": np.array(draw(st.lists(times, min_size=n, max_size=n))),
+        "item_interactions": np.array(
+            draw(st.lists(st.integers(0, 2**31 - 1), min_size=n, max_size=n))
+        ),  # fmt: skip
+        "item_age_s": np.array(
+            draw(st.lists(st.none() | times, min_size=n, max_size=n)), np.float64
+        ),  # fmt: skip
+        "item_known": np.array(draw(st.lists(st.booleans(), min_size=n, max_size=n))),
+        "history": history,
+        "history_count": np.array(counts),
+    }
+
+
+BAD_VALUES = [
+    ("ts", math.nan), ("ts", math.inf), ("ts", -math.inf),
+    ("item_age_s", math.inf), ("item_age_s", -1.0), ("item_age_s", math.nan),
+    ("label", 2), ("label", -1), ("label", 127),
+    ("item_interactions", -1), ("user", 0), ("item", 0), ("sample_key", -5),
+    ("history_count", -1), ("history_count", "h+1"), ("history_count", 127),
+]  # fmt: skip
+
+
+def _with_value(cols: dict, name: str, bad, k: int) -> bytes:
+    """The frame of ``cols`` with sample k's ``name`` set to ``bad`` ("h+1": past H)."""
+    n, h = cols["history"].shape
+    cols = {
+        **cols,
+        name: cols[name].astype(np.float64 if name in ("ts", "item_age_s") else np.int64),
+    }
+    cols[name][k] = h + 1 if bad == "h+1" else bad
+    return sample_frame(_sample_header(n, h), cols)
+
+
+def fixed_sample_records() -> list[bytes]:
+    """Every bad value of :data:`BAD_VALUES` in a frame of 3 samples (its second sample)."""
+    cols = {
+        "sample_key": np.array([1, 2, 3]), "user": np.array([5, 6, 5]),
+        "item": np.array([7, 8, 9]), "label": np.array([0, 1, 1]),
+        "ts": np.array([1.0, 2.0, 3.0]), "item_interactions": np.array([0, 4, 9]),
+        "item_age_s": np.array([np.nan, 1.0, 2.0]), "item_known": np.array([True, False, True]),
+        "history": np.array([[3, 0], [3, 4], [0, 0]]), "history_count": np.array([1, 2, 0]),
+    }  # fmt: skip
+    return [_with_value(cols, name, bad, 1) for name, bad in BAD_VALUES]
+
+
+@st.composite
+def _sample_record(draw, kind: str):
+    cols = draw(_sample_columns())
+    n, h = cols["history"].shape
+    header, dtypes = _sample_header(n, h), {}
+    if kind == "valid":
+        return sample_frame(header, cols)
+    if kind == "values":  # one column's values break the contract (NaN/Inf, labels, ...)
+        name, bad = draw(st.sampled_from(BAD_VALUES))
+        return _with_value(cols, name, bad, draw(st.integers(0, n - 1)))
+    if kind == "padding" and h:  # a used slot that is 0, or a pad slot that is not
+        k, j = draw(st.integers(0, n - 1)), draw(st.integers(0, h - 1))
+        cols["history"][k, j] = 0 if j < cols["history_count"][k] else 77
+        return sample_frame(header, cols)
+    if kind == "dtype":  # a column in another (or an unknown) dtype
+        name = draw(st.sampled_from(sorted(SAMPLE_DTYPES)))
+        other = draw(st.sampled_from(["<f4", "<f8", "<i8", "<i4", "|i1", "|b1", ">i8", "<u8"]))
+        if other in (">i8", "<u8"):  # not a frame dtype: written by hand
+            with np.errstate(invalid="ignore"):  # NaN ages as integers: any value will do
+                blob = np.ascontiguousarray(cols[name], np.dtype(other)).tobytes()
+            arrays = [[c, list(np.shape(a)), other if c == name else SAMPLE_DTYPES[c]]
+                      for c, a in cols.items()]  # fmt: skip
+            body = b"".join(
+                blob if c == name else np.ascontiguousarray(a, SAMPLE_DTYPES[c]).tobytes()
+                for c, a in cols.items()
+            )
+            head = to_bytes(render(Obj([("header", header), ("arrays", arrays)])))
+            return b"IDPF" + struct.pack("<I", len(head)) + head + body
+        dtypes[name] = other
+        with np.errstate(invalid="ignore", over="ignore"):
+            return sample_frame(header, cols, dtypes)
+    if kind == "shape":  # a column of another length or rank, one missing or one more
+        name = draw(st.sampled_from(sorted(SAMPLE_DTYPES)))
+        change = draw(st.sampled_from(["short", "long", "rank", "missing", "extra", "count"]))
+        if change == "short":
+            cols[name] = cols[name][:-1]
+        elif change == "long":
+            cols[name] = np.concatenate([cols[name], cols[name][:1]])
+        elif change == "rank":
+            cols[name] = cols[name].reshape(1, -1) if cols[name].ndim == 1 else cols[name].T
+        elif change == "missing":
+            del cols[name]
+        elif change == "extra":
+            cols["context"] = np.zeros(n)
+        else:
+            header = _sample_header(draw(st.sampled_from([0, n + 1, 100_001, -1])), h)
+        return sample_frame(header, cols)
+    if kind == "header":  # the header object broken like a JSON event
+        sub = draw(st.sampled_from(JSON_KINDS))
+        raw = draw(_json_record(st.just(header), sub, ()))
+        inner = Raw(raw.decode("utf-8", "surrogatepass")) if raw else Raw("null")
+        good = sample_frame(header, cols)
+        (size,) = struct.unpack("<I", good[4:8])
+        meta = json.loads(good[8 : 8 + size])
+        head = to_bytes(render(Obj([("header", inner), ("arrays", meta["arrays"])])))
+        return b"IDPF" + struct.pack("<I", len(head)) + head + good[8 + size :]
+    good = sample_frame(header, cols)
+    if kind == "length":
+        (head_len,) = struct.unpack("<I", good[4:8])
+        cut = draw(st.integers(1, 9))
+        return draw(
+            st.sampled_from(
+                [
+                    good[:-cut], good + b"\0" * cut, good[: 8 + head_len], good[:7],
+                    good[:4] + struct.pack("<I", head_len + cut) + good[8:],
+                    good[:4] + struct.pack("<I", max(0, head_len - cut)) + good[8:],
+                    good[:4] + struct.pack("<I", 2**32 - 1) + good[8:],
+                ]
+            )
+        )  # fmt: skip
+    if kind == "magic":
+        return draw(st.sampled_from([b"IDPX", b"idpf", b"\0\0\0\0", b'{"sa'])) + good[4:]
+    return draw(  # garbage
+        st.sampled_from([None, b"", b"IDPF", b"IDPF\0\0\0\0", b"{}", b"null"])
+        | st.binary(max_size=64)
+    )
+
+
+SAMPLE_KINDS = ("valid", "values", "padding", "dtype", "shape", "header", "length", "magic",
+                "garbage")  # fmt: skip
+
+
+def sample_records(per_kind: int) -> list[bytes | None]:
+    """``per_kind`` samples records of every kind (valid ones among them), and the
+    :func:`fixed_sample_records`."""
+    out: list[bytes | None] = fixed_sample_records()
+    for kind in SAMPLE_KINDS:
+        out += draw(_sample_record(kind), per_kind)
+    return out
 
 
 # ---------------------------------------------------------------------- keys

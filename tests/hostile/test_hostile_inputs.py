@@ -184,17 +184,9 @@ def _click_verdict(value) -> None:
 
 
 def _trainer_decoder(settings):
-    from trainer.sample_decoder import DecoderState, SampleDecoder
+    from trainer.sample_decoder import SampleDecoder
 
-    t = settings.trainer
-    return SampleDecoder(
-        DecoderState(
-            history_len=t.history_len,
-            dedup_window=t.dedup_window,
-            new_item_interactions=t.new_item_interactions,
-            new_item_age_s=t.new_item_age_s,
-        )
-    )
+    return SampleDecoder.from_settings(settings.trainer)
 
 
 def test_hostile_clicks_processor(kafka_settings, kafka_broker, tmp_path):
@@ -262,34 +254,33 @@ def _trainer(settings, broker, tmp_path, variant: str) -> CliProcess:
     )  # fmt: skip
 
 
-def _sample(sample_id: str, item: str = "s") -> bytes:
-    return to_json(
-        TrainingSample(
-            sample_id=sample_id,
-            user_id="sentinel",
-            item_id=item,
-            label=1,
-            ts=time.time(),
-            history=[],
-            item_interactions=0,
-            item_known=True,
-        )
-    )
+SENTINEL_KEY = 1 << 41  # partition 2: no hostile record's key (they are below 1000)
+
+
+def _sample(key: int, item: str = "s") -> bytes:
+    """A valid samples record: one sample of the user ``sentinel``."""
+    from streams.sample_batch import SampleBatch
+
+    row = dict(sample_key=key, user="sentinel", item=item, label=1, ts=time.time(),
+               history=[], item_interactions=0, item_age_s=None, item_known=True)  # fmt: skip
+    return SampleBatch.from_rows([row], history_len=0).encode()
 
 
 def test_hostile_samples_trainer(kafka_settings, kafka_broker, tmp_path):
     topics = ensure_topics(kafka_settings, common_config(kafka_settings, kafka_broker))
-    records = hs.json_records(hs.valid_sample(), PER_KIND, (BROKER_LIMIT,), 2)
+    records = hs.sample_records(2 * PER_KIND)
     decoded = _trainer_decoder(kafka_settings).decode(records)
     rejected = {k for k, _ in decoded.rejected}
+    assert 0 < len(rejected) < len(records)  # valid records among the hostile ones
     started = time.time()
-    placed = produce_indexed(kafka_settings, kafka_broker, topics.samples, records)
-    produce_indexed(kafka_settings, kafka_broker, topics.samples, [_sample("sentinel/0/0")], [b"s"])
+    keys = [b"" if k is None else k for k in hs.hostile_keys(len(records))]  # tombstones
+    placed = produce_indexed(kafka_settings, kafka_broker, topics.samples, records, keys)
+    produce_indexed(kafka_settings, kafka_broker, topics.samples, [_sample(SENTINEL_KEY)], [b"s"])
     proc = _trainer(kafka_settings, kafka_broker, tmp_path, "id-only")
     out = proc.finish(timeout=150)
     assert proc.proc.returncode == 0, out[-3000:]
     summary = json.loads(out.strip().splitlines()[-1])
-    assert summary["samples"] == len(set(decoded.sample_ids)) + 1  # repeats dropped, sentinel
+    assert summary["samples"] == len(decoded) + 1  # repeated keys dropped, sentinel
     letters = dead_letters(kafka_settings, kafka_broker, topics)
     check_letters(letters, topics.samples, records, placed, rejected, "trainer")
     print(
@@ -420,7 +411,9 @@ def test_hostile_item_features_and_proxies_trainer_item_cache(
     bad_proxies = verdicts(proxies, _coarse_verdict(dim))
     placed_z = produce_indexed(kafka_settings, kafka_broker, topics.item_features, features)
     placed_p = produce_indexed(kafka_settings, kafka_broker, topics.proxies, proxies)
-    produce_indexed(kafka_settings, kafka_broker, topics.samples, [_sample("sentinel/0/1")], [b"s"])
+    produce_indexed(
+        kafka_settings, kafka_broker, topics.samples, [_sample(SENTINEL_KEY + 1)], [b"s"]
+    )
     proc = _trainer(kafka_settings, kafka_broker, tmp_path, "idproxy")
     out = proc.finish(timeout=150)
     assert proc.proc.returncode == 0, out[-3000:]

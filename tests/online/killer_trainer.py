@@ -1,5 +1,5 @@
 """An id-only online trainer that kills its own process (``os._exit``) when it trains a
-batch holding the sample ``killer``, or caches the content of the item ``killer``: what a
+batch holding the sample key ``KILL_SAMPLE``, or caches the content of the item ``killer``: what a
 native crash in a kernel or the OOM killer does. The crash-loop quarantine test runs it again and again on the same state folder.
 
 ``python -m tests.online.killer_trainer STATE_DIR IDLE_EXIT_S`` (settings and broker from
@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 KILL_CODE = 87
-KILL_SAMPLE = "killer"
+KILL_SAMPLE = 4242  # a sample key
 KILL_ITEM = "killer"
 
 
@@ -28,8 +28,8 @@ def main() -> int:
     train, put_features = TrainerCore._train, ItemCache.put_features
 
     def killing_train(self, messages, decoded):
-        if KILL_SAMPLE in decoded.sample_ids:
-            print(f"killing myself on a batch of {len(decoded.sample_ids)}", flush=True)
+        if KILL_SAMPLE in decoded.keys:
+            print(f"killing myself on a batch of {len(decoded)}", flush=True)
             os._exit(KILL_CODE)
         return train(self, messages, decoded)
 

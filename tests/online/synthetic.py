@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import time
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
@@ -12,11 +13,11 @@ from proxy_model.service import ProxyService
 from streams.events import (
     ItemFeaturesRecord,
     ProxyRecordEvent,
-    TrainingSample,
     VersionCommit,
     encode_frame,
     to_json,
 )
+from streams.sample_batch import COLUMNS, SampleBatch, SampleBatchHeader, sample_key
 
 GENRES = ["comedy film with jokes", "horror film with ghosts"]
 
@@ -58,10 +59,31 @@ def item_records(n_items: int, service: ProxyService | None = None) -> tuple[lis
     return feats, proxies, [(svc.proxy_version.encode(), to_json(commit))]
 
 
-def samples(
-    n: int, n_users: int, n_items: int, seed: int = 0, start: int = 0
-) -> list[TrainingSample]:
-    """Clicks where user u likes genre u % 2 (p = 0.85 vs 0.15); history = earlier clicks."""
+HISTORY_LEN = 20  # history slots of the frames (the trainer's default history_len)
+PER_RECORD = 8  # samples per samples record (frame)
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One training sample with string ids, as the processor builds it before the frame."""
+
+    sample_key: int
+    user: str
+    item: str
+    label: int
+    ts: float
+    history: list[str]
+    item_interactions: int
+    item_age_s: float | None
+    item_known: bool
+
+    def but(self, **changes) -> Sample:
+        return replace(self, **changes)
+
+
+def samples(n: int, n_users: int, n_items: int, seed: int = 0, start: int = 0) -> list[Sample]:
+    """Clicks where user u likes genre u % 2 (p = 0.85 vs 0.15); history = earlier clicks;
+    sample keys = partition 0, offsets start, start + 1, ..."""
     rng = random.Random(seed)
     history: dict[str, list[str]] = {}
     counts = np.zeros(n_items, int)
@@ -73,13 +95,13 @@ def samples(
         user = f"u{u}"
         hist = history.setdefault(user, [])
         out.append(
-            TrainingSample(
-                sample_id=f"samples/0/{start + k}",
-                user_id=user,
-                item_id=str(i),
+            Sample(
+                sample_key=sample_key(0, start + k),
+                user=user,
+                item=str(i),
                 label=label,
                 ts=1000.0 + k,
-                history=hist[-20:],
+                history=hist[-HISTORY_LEN:],
                 item_interactions=int(counts[i]),
                 item_age_s=float(k),
                 item_known=True,
@@ -91,5 +113,22 @@ def samples(
     return out
 
 
-def sample_messages(items: list[TrainingSample]) -> list[tuple[bytes, bytes]]:
-    return [(s.user_id.encode(), to_json(s)) for s in items]
+def frame(items: list[Sample], history_len: int = HISTORY_LEN) -> bytes:
+    """One samples record: the samples as a SampleBatch frame."""
+    return SampleBatch.from_rows([asdict(s) for s in items], history_len).encode()
+
+
+def sample_messages(items: list[Sample], per_record: int = PER_RECORD) -> list[tuple[bytes, bytes]]:
+    """(key, value) records of ``samples``: frames of ``per_record`` consecutive samples,
+    keyed by the source partition (0) as the processor keys them."""
+    return [(b"0", frame(items[k : k + per_record])) for k in range(0, len(items), per_record)]
+
+
+def raw_frame(items: list[Sample], **columns: np.ndarray) -> bytes:
+    """A frame of the samples with some columns replaced by raw arrays of any frame dtype
+    (``streams.events.FRAME_DTYPES``), and nothing validated: for malformed records."""
+    batch = SampleBatch.from_rows([asdict(s) for s in items], HISTORY_LEN)
+    arrays = {name: columns.get(name, getattr(batch, name)) for name in COLUMNS}
+    dtypes = {name: "|b1" if a.dtype == bool else a.dtype.str for name, a in arrays.items()}
+    header = SampleBatchHeader(count=len(items), history_len=HISTORY_LEN)
+    return encode_frame(header, arrays, dtypes)

@@ -6,44 +6,35 @@ import ast
 import pathlib
 from collections import namedtuple
 
-import pytest
+import numpy as np
 import torch
 
 from idproxy.settings import Settings
-from streams.events import TrainingSample, to_json
-from tests.online.synthetic import sample_messages, samples
+from tests.online.synthetic import Sample, frame, sample_messages, samples
 from trainer.checkpoint import CheckpointDir, Predictions, load_optimizer, model_state
 from trainer.growing_embedding import GrowingEmbedding
 from trainer.item_cache import ItemCache
-from trainer.online_core import (
-    BatchBuilder,
-    TrainerCore,
-    attach_optimizer,
-    decoder_state,
-    train_step,
-)
+from trainer.online_core import BatchBuilder, TrainerCore, attach_optimizer, train_step
 from trainer.online_model import Batch, OnlineRanker, OnlineShape
 from trainer.sample_decoder import SampleDecoder
 
 
 def test_growing_keeps_rows_stable():
     t = GrowingEmbedding(dim=4, capacity=2, seed=3)
-    t.add(["a"])
+    t.rows(np.array([-7]))
     before = t.weight.detach()[1].clone()
-    t.add([f"id{k}" for k in range(100)])  # doubles several times
+    assert t.rows(np.arange(100, 200)).tolist() == list(range(2, 102))  # doubles 6 times
     assert t.capacity == 128 and t.n_ids == 101
     assert torch.equal(t.weight.detach()[1], before)
-    assert t.index["a"] == 1 and t.index["id99"] == 101
+    assert t.rows(np.array([-7, 199, 0])).tolist() == [1, 101, 0] and t.n_ids == 101
     assert torch.equal(t(torch.tensor([0])), torch.zeros(1, 4))  # padding row
-    with pytest.raises(ValueError, match="out of sync"):  # a row plan that repeats an id
-        t.add(["id5"])
 
 
 def test_growth_is_deterministic():
     a, b = GrowingEmbedding(4, 2, seed=1), GrowingEmbedding(4, 2, seed=1)
-    a.add([str(k) for k in range(10)])
-    b.add([str(k) for k in range(5)])
-    b.add([str(k) for k in range(5, 10)])
+    a.rows(np.arange(1, 11))
+    b.rows(np.arange(1, 6))
+    b.rows(np.arange(6, 11))
     assert torch.equal(a.weight, b.weight)
 
 
@@ -57,10 +48,10 @@ def _model(variant: str) -> tuple[OnlineRanker, BatchBuilder]:
     return model, BatchBuilder(model, cache)
 
 
-def _batch(builder: BatchBuilder, data: list[TrainingSample]) -> Batch:
-    """The samples as a Batch, rows planned from the builder's model tables."""
-    decoder = SampleDecoder(decoder_state(SETTINGS, builder.model))
-    return builder.build(decoder.decode([to_json(s) for s in data]))
+def _batch(builder: BatchBuilder, data: list[Sample]) -> Batch:
+    """The samples (one frame) as a Batch, rows from the builder's model tables."""
+    decoder = SampleDecoder.from_settings(SETTINGS.trainer)
+    return builder.build(decoder.decode([frame(data)]))
 
 
 def test_train_step_grows_tables_and_keeps_optimizer_state():
@@ -195,28 +186,25 @@ def test_item_cache_takes_reproxy_records_only_for_items_it_has_no_coarse_proxy_
     assert cache.items["b"].p_coarse.tolist() == fresh.tolist()
 
 
-@pytest.mark.parametrize("decoder", ["process", "inline"])
-def test_trainer_core_rejects_bad_records_drops_repeats_and_moves_past_both(decoder, request):
+def test_trainer_core_rejects_bad_records_drops_repeats_and_moves_past_both():
     Record = namedtuple("Record", "value partition offset")
     model, builder = _model("id-only")
-    settings = SETTINGS.model_copy(
-        update={"trainer": SETTINGS.trainer.model_copy(update={"sample_decoder": decoder})}
-    )
     rejected = []
     core = TrainerCore(
-        settings,
+        SETTINGS,
         model,
         attach_optimizer(model, 1e-2),
         builder.cache,
         reject=lambda message, reason: rejected.append((message.offset, reason)),
     )
-    request.addfinalizer(core.close)
-    good = [value for _, value in sample_messages(samples(20, n_users=5, n_items=8))]
-    bad = [b"not json", b"\xff{", b'{"sample_id": "s", "label": 3}', None]
-    values = good[:10] + bad + good[10:] + good[:5]  # the last 5 repeat earlier samples
+    good = [value for _, value in sample_messages(samples(20, n_users=5, n_items=8), 4)]
+    bad = [b"not json", b"\xff{", b"IDPF\0\0\0\0", None]
+    values = good[:3] + bad + good[3:] + good[:2]  # the last 2 records repeat 8 samples
     trained = core.process([Record(v, 0, k) for k, v in enumerate(values)])
-    assert trained == 20 and core.samples == 20
-    assert [offset for offset, _ in rejected] == [10, 11, 12, 13] and core.rejected == 4
+    assert trained == 20 and core.samples == 20 and core.batches == 1
+    assert [offset for offset, _ in rejected] == [3, 4, 5, 6] and core.rejected == 4
     assert all(reason for _, reason in rejected)
     assert core.offsets == {0: len(values)}  # the next offset is past the bad and the repeats
     assert int(model.item_table.counts.sum()) > 0
+    assert core.recent_keys == list(range(20))
+    assert core.process([Record(good[0], 0, 11)]) == 0 and core.consumed == 2

@@ -1,5 +1,5 @@
 """`idproxy trainer --variant id-only`: the baseline runs on the same stream without proxies;
-duplicates are dropped and malformed samples go to the DLQ with a reason."""
+repeated samples are dropped and malformed records go to the DLQ, whole, with a reason."""
 
 from __future__ import annotations
 
@@ -9,14 +9,14 @@ import numpy as np
 
 from streams.events import DeadLetter
 from streams.topics import ensure_topics
-from tests.online.synthetic import sample_messages, samples
+from tests.online.synthetic import raw_frame, sample_messages, samples
 from tests.streams.helpers import CliProcess, common_config, drain, produce
 
 BAD_SAMPLES = [
-    (b"u1", b"not json"),
-    (b"u1", b"\xff\xfe{"),  # invalid UTF-8
-    (b"u2", b'{"sample_id": "x/0/1", "user_id": "u2", "item_id": "1", "label": 7}'),
-    (b"u3", None),  # tombstone
+    (b"0", b'{"sample_id": "x/0/1", "user_id": "u2", "item_id": "1", "label": 1}'),  # JSON
+    (b"0", b"IDPF\xff\xfe{"),  # a frame header that is not UTF-8 JSON
+    (b"0", raw_frame(samples(2, 1, 1, start=10_000), label=np.array([1, 7], np.int8))),
+    (b"0", None),  # tombstone
 ]
 
 KEYS = {"t", "samples", "auc_all", "auc_new", "logloss_all", "n_new", "checkpoint", "proxy_version"}
@@ -30,9 +30,9 @@ def test_id_only_trainer_writes_metrics_predictions_summary_and_dead_letters(
     monkeypatch.setenv("IDPROXY_TRAINER_THREADS", "1")
     topics = ensure_topics(kafka_settings, common_config(kafka_settings, kafka_broker))
     data = samples(500, 20, 30)
-    messages = sample_messages(data + data[:50])
+    messages = sample_messages(data + data[:50])  # frames of 8; the last 50 samples repeat
     produce(
-        kafka_settings, kafka_broker, topics.samples, messages[:200] + BAD_SAMPLES + messages[200:]
+        kafka_settings, kafka_broker, topics.samples, messages[:25] + BAD_SAMPLES + messages[25:]
     )
     state = tmp_path / "id-only"
     proc = CliProcess(

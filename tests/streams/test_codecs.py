@@ -1,6 +1,6 @@
 """Every standard Kafka codec in every consumer (real broker): records produced with gzip,
-snappy, lz4 and zstd are read by the worker (kafka-python), the materializer (kafka-python)
-and the faust processor (aiokafka). The topics keep the producer's codec
+snappy, lz4 and zstd are read by the worker (kafka-python), the materializer (kafka-python),
+the online trainer (kafka-python, ``samples`` frames) and the faust processor (aiokafka). The topics keep the producer's codec
 (``compression.type=producer``), so each consumer really decompresses every codec."""
 
 from __future__ import annotations
@@ -153,3 +153,24 @@ def test_the_processor_reads_clicks_and_items_in_every_codec(
     finally:
         proc.proc.terminate()
         proc.finish(timeout=60)
+
+
+def test_the_trainer_reads_samples_frames_in_every_codec(kafka_settings, kafka_broker, tmp_path):
+    """The online trainer (kafka-python) reads ``samples`` frames produced in every codec."""
+    from tests.online.synthetic import sample_messages, samples
+
+    topics = ensure_topics(kafka_settings, common_config(kafka_settings, kafka_broker))
+    data = samples(40 * len(CODECS), n_users=5, n_items=9)
+    for n, codec in enumerate(CODECS):
+        part = data[40 * n : 40 * (n + 1)]
+        produce_with(kafka_settings, kafka_broker, codec, topics.samples, sample_messages(part))
+    trainer = CliProcess(
+        kafka_settings, kafka_broker, "trainer", "--variant", "id-only",
+        "--state-dir", str(tmp_path / "trainer"), "--idle-exit", "3",
+        env={"IDPROXY_TRAINER_THREADS": "1"},
+    )  # fmt: skip
+    out = trainer.finish(timeout=120)
+    assert trainer.proc.returncode == 0, out[-3000:]
+    assert json.loads(out.strip().splitlines()[-1])["samples"] == len(data)
+    letters = drain(kafka_settings, kafka_broker, topics.dlq, idle_s=1)
+    assert letters == [] and "UnsupportedCodecError" not in out

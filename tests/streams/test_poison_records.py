@@ -333,9 +333,9 @@ def test_records_that_kill_the_trainer_are_quarantined_after_n_deaths(
     """Crash-loop quarantine in the online trainer (markers in files of its state folder;
     it restarts from its checkpoint, and its content reader from the topics' beginning):
     it kills its process on the content of one item and on any batch that holds one
-    sample. Each killer dies first in a batch, then alone twice; the next restart
-    dead-letters it with "killed its consumer 2 times" and goes on, and in the end every
-    other sample is trained on exactly once."""
+    sample key. Each killer record dies first in a batch, then alone twice; the next
+    restart dead-letters it (the whole frame) with "killed its consumer 2 times" and goes
+    on, and in the end every sample of the other records is trained on exactly once."""
     from tests.online.killer_trainer import KILL_CODE, KILL_ITEM, KILL_SAMPLE
     from tests.online.synthetic import sample_messages, samples
 
@@ -348,8 +348,9 @@ def test_records_that_kill_the_trainer_are_quarantined_after_n_deaths(
     content = (KILL_ITEM.encode(), encode_frame(header, arrays))
     produce(kafka_settings, kafka_broker, topics.item_features, [content])
     data = samples(60, 6, 10)
-    data[30] = data[30].model_copy(update={"sample_id": KILL_SAMPLE})
-    messages = sample_messages(data)
+    data[30] = data[30].but(sample_key=KILL_SAMPLE)
+    messages = sample_messages(data, per_record=8)  # the killer is in record 3 (24..31)
+    killer = messages[30 // 8]
     produce(kafka_settings, kafka_broker, topics.samples, messages)
     codes, outputs, log = _restart_until_clean_exit(
         kafka_settings,
@@ -365,7 +366,7 @@ def test_records_that_kill_the_trainer_are_quarantined_after_n_deaths(
     assert codes == [KILL_CODE] * 5 + [0], log
     assert "1 dead letters" in outputs[-1], log  # the content's was sent by the run before
     summary = json.loads(outputs[-1].strip().splitlines()[-1])
-    assert summary["samples"] == 59, log
+    assert summary["samples"] == 60 - 8, log
     letters = {
         letter.source_topic: letter for letter in _letters(kafka_settings, kafka_broker, topics)
     }
@@ -373,7 +374,7 @@ def test_records_that_kill_the_trainer_are_quarantined_after_n_deaths(
     assert set(letters) == {topics.item_features, topics.samples}
     assert all(x.reason == "killed its consumer 2 times" for x in letters.values())
     assert all(x.component == "trainer" for x in letters.values())
-    assert bytes(letters[topics.samples].value_b64) == messages[30][1]
+    assert bytes(letters[topics.samples].value_b64) == killer[1]
     assert bytes(letters[topics.item_features].value_b64) == content[1]
 
 

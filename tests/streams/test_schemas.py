@@ -142,16 +142,19 @@ def test_examples_against_the_committed_schemas_with_jsonschema(valid: bool) -> 
 
 def test_written_events_and_frame_headers_fit_their_schemas() -> None:
     """What the system itself writes (to_json, encode_frame) has the schemas' fields."""
-    sample = events.TrainingSample(
-        sample_id="clicks/0/1", user_id="u", item_id="i", label=1, ts=1.0, history=["a"],
-        item_interactions=0, item_known=True,
+    import jsonschema
+
+    from streams.sample_batch import COLUMNS, SampleBatch
+
+    row = dict(
+        sample_key=1, user="u", item="i", label=1, ts=1.0, history=["a"],
+        item_interactions=0, item_age_s=None, item_known=True,
     )  # fmt: skip
-    doc = json.loads(events.to_json(sample))
-    assert (
-        set(_committed("samples")["required"])
-        <= set(doc)
-        <= set(_committed("samples")["properties"])
-    )
+    frame = SampleBatch.from_rows([row], history_len=3).encode()
+    (n,) = np.frombuffer(frame[4:8], "<u4")
+    meta = json.loads(frame[8 : 8 + n])
+    jsonschema.validate(meta, _committed("samples"))
+    assert [entry[0] for entry in meta["arrays"]] == list(COLUMNS)
     header = events.ProxyRecordEvent(
         item_id="i", proxy_version="p1", encoder_version="e1", uploaded_at=1.0, produced_at=2.0
     )
