@@ -1,8 +1,6 @@
 """Event schemas (pydantic, each with a schema version) and their wire formats.
 
-* JSON events: ``ItemUploaded``, ``Click``, ``VersionCommit``, ``DeadLetter``, and
-  ``TrainingSample`` (the processor's per-click sample; the ``samples`` topic's contract
-  is the ``SampleBatch`` frame below, the only form the trainer reads). Parsing is
+* JSON events: ``ItemUploaded``, ``Click``, ``VersionCommit``, ``DeadLetter``. Parsing is
   strict: unknown fields, wrong types or a wrong ``schema_version`` raise
   :class:`EventError`, whose message is the DLQ reason.
 * Vector records (``ItemFeaturesRecord``, ``ProxyRecordEvent``) travel as a compact binary
@@ -77,9 +75,8 @@ class ItemUploaded(_Event):
         return f"{self.title}. {self.text}".strip() if self.text else self.title
 
 
-# A click's context value: what its TrainingSample can carry to the trainer (a NaN was
-# written as null and a 30-digit integer passed, then the trainer rejected the *sample*,
-# far from the click's own bytes). Integers beyond int64 are kept as floats.
+# A click's context value: strings, int64 integers and finite floats, checked on the
+# click itself (where a bad value is dead-lettered with the click's own bytes).
 ContextValue = (
     str
     | Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
@@ -108,28 +105,6 @@ class Click(_Event):
     )
 
     _check_time = field_validator("ts")(_finite)
-
-
-class TrainingSample(_Event):
-    """One click with the user's history *before* it (no leakage) and the item's state.
-
-    ``item_known`` is False when the click arrived before the item's upload event; the
-    trainer then trains the ID slot only (no proxy for that row: the proxy miss mask).
-    ``sample_id`` = ``<topic>/<partition>/<offset>`` of the click identifies duplicates.
-    """
-
-    sample_id: str = Field(description="<topic>/<partition>/<offset> of the click")
-    user_id: str = Field(description="the user's id")
-    item_id: ItemId = Field(description="the item's id")
-    label: Literal[0, 1] = Field(description="the click's label")
-    ts: float = Field(description="the click's time, Unix seconds")
-    history: list[ItemId] = Field(description="the user's clicked items before it, oldest first")
-    item_interactions: int = Field(ge=0, description="interactions of the item before this one")
-    item_age_s: float | None = Field(None, description="seconds since upload (null: unknown)")
-    item_known: bool = Field(description="the item's upload was seen before the click")
-    context: dict[str, str | int | float] = Field(
-        default_factory=dict, description="the click's context"
-    )
 
 
 class VersionCommit(_Event):

@@ -28,7 +28,6 @@ from streams.events import (
     ItemFeaturesRecord,
     ItemUploaded,
     ProxyRecordEvent,
-    TrainingSample,
     VersionCommit,
     decode_frame,
     encode_frame,
