@@ -161,20 +161,11 @@ def batches_of(records: list, size: int) -> list[list]:
 def model_and_optimizer(settings, variant: str, hidden: int):
     """A fresh OnlineRanker of ``variant`` with the trainer's settings, and its Adam."""
     from trainer.online_core import attach_optimizer
-    from trainer.online_model import OnlineRanker, OnlineShape
+    from trainer.online_model import OnlineRanker
+    from trainer.online_state import fresh_shape
 
-    t, m = settings.trainer, settings.model
-    shape = OnlineShape(
-        dim=m.id_dim,
-        hidden_size=hidden,
-        n_groups=m.n_layer_groups,
-        adaptor_hidden=m.adaptor_hidden,
-        cross_layers=t.cross_layers,
-        attention_hidden=t.attention_hidden,
-        mlp_hidden=tuple(t.mlp_hidden),
-        initial_rows=t.initial_rows,
-        id_init_std=t.id_init_std,
-    )
+    t = settings.trainer
+    shape = fresh_shape(settings, variant, (hidden, settings.model.n_layer_groups), None)
     model = OnlineRanker(shape, variant, seed=t.online_seed)
     return model, attach_optimizer(model, t.online_lr, t.online_adaptor_lr_scale)
 

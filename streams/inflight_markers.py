@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Container
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -26,6 +27,7 @@ from kafka import TopicPartition
 log = logging.getLogger(__name__)
 
 BURIED_KEPT = 1000  # killers remembered per partition by a FileMarkers
+NONE_BURIED: frozenset[int] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -69,8 +71,9 @@ class Markers(Protocol):
     def released_by_commit(self, tps: list[TopicPartition]) -> None:
         """The caller's own commit has moved past these partitions' markers."""
 
-    def buried(self, tp: TopicPartition) -> frozenset[int]:
-        """Offsets of ``tp`` dead-lettered as killers, for consumers that read them again."""
+    def buried(self, tp: TopicPartition) -> Container[int]:
+        """Offsets of ``tp`` dead-lettered as killers, for consumers that read them again
+        (asked once per record: no copy)."""
 
     def bury(self, tp: TopicPartition, offset: int) -> None:
         """Remembers a dead-lettered killer (a consumer that re-reads it skips it)."""
@@ -113,8 +116,8 @@ class CommittedOffsetMarkers:
     def released_by_commit(self, tps: list[TopicPartition]) -> None:
         pass  # the commit's empty metadata replaced the markers
 
-    def buried(self, tp: TopicPartition) -> frozenset[int]:
-        return frozenset()  # the group's commit moves past a killer: it is not read again
+    def buried(self, tp: TopicPartition) -> Container[int]:
+        return NONE_BURIED  # the group's commit moves past a killer: it is not read again
 
     def bury(self, tp: TopicPartition, offset: int) -> None:
         pass
@@ -148,11 +151,11 @@ class FileMarkers:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         self.found: dict[str, Marker] = {}
-        self.dead: dict[str, list[int]] = {}
+        self.dead: dict[str, dict[int, None]] = {}  # partition -> offsets, oldest first
         raw = os.pread(self.fd, 1 << 22, 0).rstrip(b"\0 \n")
         try:
             doc = json.loads(raw) if raw else {}
-            self.dead = {k: [int(o) for o in v] for k, v in doc.pop("_buried", {}).items()}
+            self.dead = {k: dict.fromkeys(map(int, v)) for k, v in doc.pop("_buried", {}).items()}
             for key, value in doc.items():
                 marker = Marker.parse(value)
                 if marker is not None:
@@ -180,19 +183,21 @@ class FileMarkers:
     def released_by_commit(self, tps: list[TopicPartition]) -> None:
         self.release(dict.fromkeys(tps, 0))
 
-    def buried(self, tp: TopicPartition) -> frozenset[int]:
-        return frozenset(self.dead.get(self._key(tp), ()))
+    def buried(self, tp: TopicPartition) -> Container[int]:
+        return self.dead.get(self._key(tp), NONE_BURIED)
 
     def bury(self, tp: TopicPartition, offset: int) -> None:
-        offsets = self.dead.setdefault(self._key(tp), [])
-        if offset not in offsets:
-            offsets[:] = (offsets + [offset])[-BURIED_KEPT:]
+        offsets = self.dead.setdefault(self._key(tp), {})
+        offsets[offset] = None
+        while len(offsets) > BURIED_KEPT:
+            del offsets[next(iter(offsets))]
         self._save()
 
     def _save(self) -> bool:
         parts = [f'"{k}":{m.to_json()}' for k, m in self.current.items()]
         if self.dead:
-            parts.append('"_buried":' + json.dumps(self.dead, separators=(",", ":")))
+            dead = {k: list(v) for k, v in self.dead.items()}
+            parts.append('"_buried":' + json.dumps(dead, separators=(",", ":")))
         data = ("{" + ",".join(parts) + "}").encode()
         try:  # padded to whole 256-byte blocks, so a shorter text overwrites a longer one
             size = max(256, -(-len(data) // 256) * 256)
