@@ -248,9 +248,9 @@ def replay_model(
 WARM_MIN = 20  # an item seen at least this often before the sample is "warm"
 
 
-def auc_table(scores, labels, interactions, tau: int) -> dict[str, float]:
+def auc_table(scores, labels, interactions, new_below: int) -> dict[str, float]:
     """AUC overall, on warm-item samples (≥ ``WARM_MIN`` earlier interactions), on new-item
-    samples (< tau earlier interactions), the latter also time-stratified over 10 stream
+    samples (< new_below earlier interactions), the latter also time-stratified over 10 stream
     slices (``new_by_time``), per bucket, and for the first rating of an item also
     time-stratified (``0_by_time``)."""
     import numpy as np
@@ -259,7 +259,7 @@ def auc_table(scores, labels, interactions, tau: int) -> dict[str, float]:
     from trainer.streaming_metrics import time_stratified_auc
 
     k = np.asarray(interactions)
-    new = k < tau
+    new = k < new_below
 
     def by_time(select):
         pred = {"score": scores, "label": labels, "is_new": select}

@@ -172,6 +172,7 @@ def run(args: argparse.Namespace) -> dict:
         "versions_seen": sc.versions,
         "client_cpu": round(cpu, 3),
         "first_failures": sc.reasons,
+        "latencies_ms": [round(x, 3) for x in sc.latencies_ms],
     }
 
 

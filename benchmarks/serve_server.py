@@ -6,9 +6,10 @@ opens the store as a RocksDB secondary (read-only) and serves 127.0.0.1:P until 
 FastAPI runs under uvicorn's own process supervisor (``--workers``): the parent binds the
 port and each worker process builds the app from `app_factory`, with its own secondary
 instance of the store (environment ``IDPROXY_BENCH_*``). The tuning, explained in
-docs/STORE.md: access log off, ``--http h11`` (the only HTTP implementation installed: the
-faster ``httptools`` and ``uvloop`` are not dependencies), keep-alive 30 s so a client's
-connection is reused, and workers = CPU count so both cores serve on a 2-core machine.
+docs/STORE.md: access log off, uvicorn's ``auto`` HTTP parser and event loop (``httptools``
+and ``uvloop``, both dependencies; ``--http h11 --loop asyncio`` for the pure-Python ones),
+keep-alive 30 s so a client's connection is reused, and workers = CPU count so both cores
+serve on a 2-core machine.
 The legacy server runs as written: one ``ThreadingHTTPServer`` process, a thread per
 connection, HTTP/1.0 (one request per connection).
 """
@@ -69,7 +70,7 @@ def _serve_legacy(port: int) -> None:
     server.server_close()
 
 
-def _serve_fastapi(port: int, workers: int, http: str) -> None:
+def _serve_fastapi(port: int, workers: int, http: str, loop: str) -> None:
     import uvicorn
 
     uvicorn.run(
@@ -79,7 +80,7 @@ def _serve_fastapi(port: int, workers: int, http: str) -> None:
         port=port,
         workers=workers,
         http=http,
-        loop="asyncio",
+        loop=loop,
         access_log=False,
         log_level="warning",
         lifespan="off",
@@ -95,7 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dim", type=int, required=True)
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--http", default="h11")
+    parser.add_argument("--http", default="auto", help="uvicorn HTTP parser (auto, h11, httptools)")
+    parser.add_argument("--loop", default="auto", help="uvicorn event loop (auto, asyncio, uvloop)")
     parser.add_argument("--refresh-s", type=float, default=1.0)
     parser.add_argument("--max-batch", type=int, default=1000)
     args = parser.parse_args(argv)
@@ -110,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.impl == "legacy":
         _serve_legacy(args.port)
     else:
-        _serve_fastapi(args.port, args.workers, args.http)
+        _serve_fastapi(args.port, args.workers, args.http, args.loop)
     return 0
 
 

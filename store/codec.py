@@ -22,6 +22,7 @@ instead of a Python loop per item (that is what keeps ``get_many`` close to the 
 
 from __future__ import annotations
 
+import functools
 import struct
 import zlib
 
@@ -96,6 +97,7 @@ def encode(p_coarse: np.ndarray, p_fine: np.ndarray, version: str, dtype: str) -
     return encode_batch(p_coarse[None], p_fine[None], version, dtype)[0]
 
 
+@functools.lru_cache(maxsize=16)
 def _record_dtypes(dim: int, dtype: str) -> tuple[np.dtype, np.dtype]:
     """Two views of one stored value: header + payload as uint32 words, and as floats."""
     np_dtype = DTYPES[dtype][1]

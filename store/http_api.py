@@ -28,15 +28,18 @@ Bodies over ``max_request_bytes`` get 413, batches over ``max_batch_items`` 400.
 (else 401); ``store.api_server.make_server`` refuses a non-loopback host without one. The store is a secondary
 (read-only) instance that catches up at most once per ``refresh_interval_s``; each request
 resolves its version once (one pointer read), so one answer never mixes two versions.
+
+The two read routes are answered by ``store.http_hot_path.HotPath`` in front of FastAPI,
+which also enforces the token and the size limit and keeps the metrics; FastAPI declares
+them for the OpenAPI document and serves /v1/versions, /healthz, /metrics and the errors.
 """
 
 from __future__ import annotations
 
 import hmac
-import json
 import threading
 import time
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -48,24 +51,23 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from idproxy.proxy_wire import CORRUPT, FOUND, encode_batch
 from store.base import BatchResult, ProxyStoreProtocol, VersionInfo
-from store.errors import StoreError, UnknownVersionError, VersionStateError
+from store.errors import StoreError
+from store.http_hot_path import (
+    OCTET,
+    Answer,
+    ApiError,
+    BatchRequest,
+    HotPath,
+    answer_batch,
+    answer_get,
+    error_answer,
+    parse_batch,
+)
 from store.version_metrics import VersionCollector
-
-OCTET = "application/octet-stream"
-PUBLIC_PATHS = frozenset({"/healthz", "/metrics", "/openapi.json"})  # no proxy data
-
-
-class BatchRequest(BaseModel):
-    """Body of POST /v1/proxies:batch."""
-
-    model_config = {"extra": "forbid"}
-    item_ids: list[str] = Field(min_length=1)
-    version: str | None = None
 
 
 class ProxyOut(BaseModel):
@@ -99,27 +101,13 @@ class ErrorOut(BaseModel):
     reason: str
 
 
-class ApiError(Exception):
-    def __init__(self, status: int, kind: str, reason: str) -> None:
-        super().__init__(reason)
-        self.status, self.kind, self.reason = status, kind, reason
+def _error(status: int, kind: str, reason: str) -> JSONResponse:
+    return JSONResponse({"error": kind, "reason": reason}, status_code=status)
 
 
-def _route(path: str) -> str:
-    if path == "/v1/proxies:batch":
-        return "batch"
-    if path.startswith("/v1/proxies/"):
-        return "get"
-    return {
-        "/v1/versions": "versions",
-        "/healthz": "healthz",
-        "/metrics": "metrics",
-        "/openapi.json": "openapi",
-    }.get(path, "unknown")
-
-
-def _error(status: int, kind: str, reason: str, headers: dict | None = None) -> JSONResponse:
-    return JSONResponse({"error": kind, "reason": reason}, status_code=status, headers=headers)
+def _response(answer: Answer) -> Response:
+    status, media, body = answer
+    return Response(body, status, media_type=media)
 
 
 class ProxyApi:
@@ -152,6 +140,19 @@ class ProxyApi:
             "idproxy_api_item_lookups", "items looked up", ["result"], registry=self.registry
         )
         self.registry.register(VersionCollector(self._store_for_metrics))
+        self._found, self._corrupt, self._missing = (
+            self.lookups.labels(result) for result in ("found", "corrupt", "missing")
+        )
+        self._by_route: dict = {}  # (route, status) -> (requests child, latency child)
+
+    def count_request(self, route: str, status: int, seconds: float) -> None:
+        """One answered request in the metrics (label children cached: hot path)."""
+        children = self._by_route.get((route, status))
+        if children is None:
+            children = self.requests.labels(route, str(status)), self.latency.labels(route)
+            self._by_route[(route, status)] = children
+        children[0].inc()
+        children[1].observe(seconds)
 
     def _store_for_metrics(self):
         if self.store is None:
@@ -186,75 +187,10 @@ class ProxyApi:
         self.refresh()
         res = self.store.get_many(item_ids, version)
         found, corrupt = int(res.found.sum()), int(res.corrupt.sum())
-        self.lookups.labels("found").inc(found)
-        self.lookups.labels("corrupt").inc(corrupt)
-        self.lookups.labels("missing").inc(len(item_ids) - found - corrupt)
+        self._found.inc(found)
+        self._corrupt.inc(corrupt)
+        self._missing.inc(len(item_ids) - found - corrupt)
         return res
-
-
-class _Guard:
-    """ASGI middleware: metrics, the bearer token, then the body-size limit (413)."""
-
-    def __init__(self, app: Any, api: ProxyApi) -> None:
-        self.app, self.api = app, api
-
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        api, route, start = self.api, _route(scope["path"]), time.perf_counter()
-
-        async def counted_send(message: dict) -> None:
-            if message["type"] == "http.response.start":
-                # counted before the reply goes out: a client reading /metrics right after
-                # its answer must see its own request
-                api.requests.labels(route, str(message["status"])).inc()
-                api.latency.labels(route).observe(time.perf_counter() - start)
-            await send(message)
-
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        if scope["path"] not in PUBLIC_PATHS and not api.authorized(headers.get("authorization")):
-            reason = "missing or invalid bearer token (Authorization: Bearer <token>)"
-            resp = _error(401, "unauthorized", reason, {"WWW-Authenticate": "Bearer"})
-            return await resp(scope, receive, counted_send)
-        if scope["method"] == "POST":
-            body, too_large = await _read_body(receive, headers, api.max_request_bytes)
-            if too_large is not None:
-                reason = f"body of {too_large} bytes, limit {api.max_request_bytes}"
-                resp = _error(413, "too_large", reason, {"Connection": "close"})
-                return await resp(scope, receive, counted_send)
-            receive = _replay(body)
-        await self.app(scope, receive, counted_send)
-
-
-async def _read_body(receive: Any, headers: dict, limit: int) -> tuple[bytes, int | None]:
-    """The whole body, or (b"", size) as soon as it is known to exceed ``limit``."""
-    declared = int(headers.get("content-length") or 0)
-    if declared > limit:
-        return b"", declared
-    chunks, size, more = [], 0, True
-    while more:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            break
-        chunks.append(message.get("body", b""))
-        size += len(chunks[-1])
-        more = message.get("more_body", False)
-        if size > limit:
-            return b"", size
-    return b"".join(chunks), None
-
-
-def _replay(body: bytes) -> Any:
-    sent = False
-
-    async def receive() -> dict:
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        return {"type": "http.disconnect"}
-
-    return receive
 
 
 _BATCH_BODY = {
@@ -265,17 +201,12 @@ _BATCH_BODY = {
 
 async def _batch_body(request: Request) -> BatchRequest:
     """The JSON body whatever the Content-Type says (as the stdlib server did)."""
-    try:
-        return BatchRequest.model_validate_json(await request.body())
-    except ValidationError as exc:
-        errors = exc.errors()
-        raise ApiError(
-            400, "invalid_request", str(errors[0]["msg"]) if errors else "invalid"
-        ) from exc
+    return parse_batch(await request.body())
 
 
-def create_app(api: ProxyApi) -> FastAPI:
-    """The FastAPI application over ``api`` (sync routes run in the thread pool)."""
+def create_app(api: ProxyApi) -> HotPath:
+    """The ASGI application over ``api``: :class:`HotPath` in front of the FastAPI app
+    (``.app``; its sync routes run in the thread pool)."""
     app = FastAPI(
         title="IDProxy proxy store read API",
         version="1",
@@ -290,14 +221,9 @@ def create_app(api: ProxyApi) -> FastAPI:
     app.state.api = api
 
     @app.exception_handler(ApiError)
-    async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
-        return _error(exc.status, exc.kind, exc.reason)
-
     @app.exception_handler(StoreError)
-    async def _store_error(_: Request, exc: StoreError) -> JSONResponse:
-        if isinstance(exc, UnknownVersionError | VersionStateError):
-            return _error(404, "unknown_version", str(exc))
-        return _error(400, "bad_request", str(exc))
+    async def _read_error(_: Request, exc: Exception) -> Response:
+        return _response(error_answer(exc))
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -310,29 +236,16 @@ def create_app(api: ProxyApi) -> FastAPI:
         return _error(exc.status_code, kind, f"{exc.detail}: {request.method} {request.url.path}")
 
     @app.exception_handler(Exception)
-    async def _internal(_: Request, exc: Exception) -> JSONResponse:
-        return _error(500, "internal", f"{type(exc).__name__}: {exc}")
+    async def _internal(_: Request, exc: Exception) -> Response:
+        return _response(error_answer(exc))
 
-    # The two read routes are ``async def``: a lookup is a sub-millisecond RocksDB read, cheaper
-    # on the event loop than a hop to the thread pool; they return pre-encoded JSON (the
-    # response model documents the shape in the OpenAPI document, it is not re-validated).
+    # The two read routes are answered by HotPath in front of this app through the same
+    # functions; these declarations give the OpenAPI document (the response models document
+    # the shapes, they are not re-validated) and serve them if HotPath is not in front.
     @app.get("/v1/proxies/{item_id:path}", response_model=ProxyOut)
     async def get_proxy(item_id: str, version: Annotated[str | None, Query()] = None) -> Response:
         """One item's proxies from the active (or the named) version."""
-        res = api.lookup([item_id], version)
-        if res.corrupt[0]:
-            raise ApiError(500, "corrupt", f"value of {item_id!r} failed its checksum")
-        if not res.found[0]:
-            raise ApiError(
-                404, "not_found", f"no proxy for item {item_id!r} in version {res.version!r}"
-            )
-        doc = {
-            "item_id": item_id,
-            "version": res.version,
-            "p_coarse": res.p_coarse[0].tolist(),
-            "p_fine": res.p_fine[0].tolist(),
-        }
-        return Response(json.dumps(doc), media_type="application/json")
+        return _response(answer_get(api, item_id, version))
 
     @app.post(
         "/v1/proxies:batch",
@@ -344,20 +257,7 @@ def create_app(api: ProxyApi) -> FastAPI:
         request: Request, req: Annotated[BatchRequest, Depends(_batch_body)]
     ) -> Response:
         """Many items from one version; binary with ``Accept: application/octet-stream``."""
-        res = api.lookup(req.item_ids, req.version)
-        if _wants_binary(request.headers.get("accept", "")):
-            mask = res.found.astype("u1") * FOUND + res.corrupt.astype("u1") * CORRUPT
-            return Response(
-                encode_batch(res.version, mask, res.p_coarse, res.p_fine), 200, None, OCTET
-            )
-        doc = {
-            "version": res.version,
-            "found": res.found.tolist(),
-            "corrupt": res.corrupt.tolist(),
-            "p_coarse": res.p_coarse.tolist(),
-            "p_fine": res.p_fine.tolist(),
-        }  # serialised directly: validating 2 x n x d floats would cost more than encoding
-        return Response(json.dumps(doc), media_type="application/json")
+        return _response(answer_batch(api, req, request.headers.get("accept", "")))
 
     @app.get("/v1/versions", response_model=VersionsOut)
     def versions() -> VersionsOut:
@@ -376,23 +276,10 @@ def create_app(api: ProxyApi) -> FastAPI:
         """Prometheus: requests by route/status, latency, lookups found/missing/corrupt."""
         return Response(generate_latest(api.registry), media_type=CONTENT_TYPE_LATEST)
 
-    return _with_guard(app, api)
-
-
-def _with_guard(app: FastAPI, api: ProxyApi) -> FastAPI:
-    app.add_middleware(_Guard, api=api)
     if api.token is not None:  # document the bearer scheme in the OpenAPI document
         schema = app.openapi()
         schema.setdefault("components", {})["securitySchemes"] = {
             "bearer": {"type": "http", "scheme": "bearer"}
         }
         schema["security"] = [{"bearer": []}]
-    return app
-
-
-def _wants_binary(accept: str) -> bool:
-    for part in accept.split(","):
-        media, *params = (p.strip() for p in part.split(";"))
-        if media == OCTET:
-            return not any(p.replace(" ", "") in ("q=0", "q=0.0") for p in params)
-    return False
+    return HotPath(app, api)

@@ -54,7 +54,7 @@ def shape_of(settings: Settings, split: Split) -> RankerShape:
     return RankerShape(
         n_users=split.n_users,
         n_items=split.n_items,
-        dim=t.embed_dim,
+        dim=settings.model.id_dim,
         side_dim=t.side_dim,
         cross_layers=t.cross_layers,
         attention_hidden=t.attention_hidden,
@@ -247,7 +247,7 @@ def run_seed(
     shape = shape_of(settings, split)
     train = split.events.subset(split.train)
     placeholder = item_tables(
-        synthetic_content(split.n_items, 1, t.embed_dim, seed=seed), split.n_items
+        synthetic_content(split.n_items, 1, settings.model.id_dim, seed=seed), split.n_items
     )
     results: list[VariantResult] = []
 

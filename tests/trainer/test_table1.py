@@ -237,7 +237,7 @@ def test_prequential_never_trains_on_an_event_later_than_one_it_scores(monkeypat
     settings = Settings()
     settings.trainer.prequential_chunks = 4
     tables = item_tables(
-        synthetic_content(split.n_items, 6, settings.trainer.embed_dim, seed=1), split.n_items
+        synthetic_content(split.n_items, 6, settings.model.id_dim, seed=1), split.n_items
     )
     model = Ranker(table1.shape_of(settings, split), VARIANTS[5], split.side, tables)
     calls: list[tuple[str, list[int]]] = []
