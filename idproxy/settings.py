@@ -210,7 +210,9 @@ class TrainerSettings(BaseModel):
         description="Std of a new user/item ID row in every ranker (0: a new id starts as the"
         " mean item; docs/TRAINER.md measures 0.01 against 0)",
     )
-    new_item_interactions: int = Field(5, description="An item is new while it has fewer interactions than this")
+    new_item_interactions: int = Field(
+        5, description="An item is new while it has fewer interactions than this"
+    )
     new_item_age_s: float = Field(86400.0, description="... or while younger than this (s)")
     eval_window: int = Field(10_000, description="Samples in each windowed AUC/LogLoss")
     report_every_batches: int = Field(20, description="A metrics.jsonl line every N batches")
