@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from idproxy.settings import Settings
-from streams.lifecycle import commit_or_log, poll_or_wait, stop_signals
+from streams.consume_loop import BatchHandler
 
 if TYPE_CHECKING:
     from store.base import ProxyStoreProtocol
@@ -46,8 +46,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-class Materializer:
-    """Consumes proxies + control into one store; the store's only writer."""
+class Materializer(BatchHandler):
+    """Consumes proxies + control into one store; the store's only writer. The batch
+    handler of its consume loop (``streams/consume_loop.py``)."""
 
     def __init__(
         self,
@@ -58,36 +59,28 @@ class Materializer:
         group_id: str = "idproxy-materializer",
         stats_file: Path | None = None,
     ) -> None:
-        from kafka import KafkaConsumer, KafkaProducer
-
-        from streams.dlq import DeadLetterSink
-        from streams.inflight_markers import CommittedOffsetMarkers
-        from streams.kafka_config import common_config, consumer_config, producer_config
-        from streams.quarantine import AssignmentListener, CrashQuarantine
-        from streams.topics import ensure_topics, subscribe
+        from streams.consume_loop import ConsumeLoop
 
         self.settings = settings
         self.store = store
-        self.topics = ensure_topics(settings, common_config(settings, broker))
-        self.consumer = KafkaConsumer(**consumer_config(settings, broker, group_id))
-        self.quarantine = CrashQuarantine(
-            CommittedOffsetMarkers(self.consumer), settings.kafka.quarantine_deaths
+        self.loop = ConsumeLoop(
+            settings,
+            broker,
+            name=f"materializer {group_id}",
+            component="materializer",
+            group_id=group_id,
+            topics=["proxies", "control"],
+            max_records=2000,
         )
-        listener = AssignmentListener(f"materializer {group_id}", self.quarantine)
-        subscribe(self.consumer, [self.topics.proxies, self.topics.control], listener)
-        self.producer = KafkaProducer(**producer_config(settings, broker))
-        self.dlq = DeadLetterSink(self.producer, self.topics.dlq, component="materializer")
+        self.topics, self.consumer, self.dlq = self.loop.topics, self.loop.consumer, self.loop.dlq
         self.pending: dict[str, int] = {}  # version -> expected items, until published
         self.freshness: dict[str, float] = {}  # item -> seconds from upload to first servable
         self.written = 0
         self.stats_file = stats_file
         self.stats_items = 0  # items in the stats file as last written
-        self.store_error: str | None = None  # the last disk failure, until a write succeeds
-        self.io_failures = 0
         if stats_file is not None and stats_file.is_file():  # a restart keeps the history
             previous = json.loads(stats_file.read_text())
             self.freshness, self.written = previous["freshness_s"], previous["written"]
-        self.stopping = False
 
     def _write(self, messages: list) -> None:
         from store.errors import StoreError, StoreIOError
@@ -186,64 +179,42 @@ class Materializer:
                     log.error("could not publish %s: %s", version, exc)
                 del self.pending[version]
 
-    def step(self, timeout_ms: int = 500) -> int:
-        """One poll -> write -> publish -> commit cycle; returns the messages handled.
+    # ------------------------------------------------------------------ the handler
+    def order(self, records: list) -> list:
+        """Proxies first (a stable sort keeps each partition's order): after a death, a
+        VersionCommit handled alone is then committed after its version's records."""
+        return sorted(records, key=lambda m: m.topic == self.topics.control)
 
-        The batch goes through the crash-loop quarantine (:meth:`CrashQuarantine.handle`):
-        records handled alone after a death are committed one by one, the rest at the end.
-        When the disk refuses a write (full, read-only, I/O error) nothing more is
-        committed: the consumer goes back to its committed offsets, the store is reopened
-        and the batch is retried after a back-off, so the process stays up and loses
-        nothing.
-        """
+    def handle(self, records: list) -> None:
+        self._retrying_disk_errors(self._apply, records)
+
+    def tick(self) -> None:
+        self._retrying_disk_errors(self._publish_ready)
+
+    def recover(self) -> None:
+        """After a disk failure: the store is reopened before anything else."""
+        self._retrying_disk_errors(self.store.reopen)
+
+    def after_commit(self, records: list, seconds: float) -> None:
+        if self.stats_file is not None and len(self.freshness) != self.stats_items:
+            self.write_stats()  # only when an item became servable for the first time
+
+    @staticmethod
+    def _retrying_disk_errors(fn, *args) -> None:
+        """When the disk refuses a write (full, read-only, I/O error) nothing more is
+        committed: the loop goes back to the committed offsets, reopens the store and reads
+        the batch again after a back-off, so the process stays up and loses nothing."""
         from store.errors import StoreIOError
+        from streams.consume_loop import RetryBatch
 
-        if self.store_error is not None:  # after a disk failure: reopen before anything
-            try:
-                self.store.reopen()
-            except StoreIOError as exc:
-                self._back_off(exc)
-                return 0
-        polled = poll_or_wait(
-            self.consumer,
-            self.settings.kafka.outage_backoff_s,
-            timeout_ms=timeout_ms,
-            max_records=2000,
-        )
-        messages = [m for records in polled.values() for m in records]
-        # proxies first (a stable sort keeps each partition's order): after a death, a
-        # VersionCommit handled alone is then committed after its version's records
-        messages.sort(key=lambda m: m.topic == self.topics.control)
         try:
-            if messages:
-                self.quarantine.handle(messages, self._apply, self.producer.flush, self.dlq.send)
-            self._publish_ready()
+            fn(*args)
         except StoreIOError as exc:
-            self._back_off(exc)
-            return 0
-        self.store_error, self.io_failures = None, 0
-        if messages:
-            self.producer.flush()
-            commit_or_log(self.consumer)
-            self.quarantine.committed_all()
-            if self.stats_file is not None and len(self.freshness) != self.stats_items:
-                self.write_stats()  # only when an item became servable for the first time
-        return len(messages)
+            raise RetryBatch(f"store write failed: {exc}") from exc
 
-    def _back_off(self, exc: Exception) -> None:
-        from kafka import TopicPartition
-
-        self.store_error = str(exc)
-        self.io_failures += 1
-        wait = min(30.0, 0.5 * 2 ** min(self.io_failures, 6))
-        log.error("store write failed: %s; offsets not committed, retrying in %.1f s", exc, wait)
-        for tp in self.consumer.assignment():
-            committed = self.consumer.committed(TopicPartition(tp.topic, tp.partition))
-            if committed is None:
-                self.consumer.seek_to_beginning(tp)
-            else:
-                self.consumer.seek(tp, committed)
-        time.sleep(wait)
+    def step(self) -> int:
+        """One poll → write → publish → commit turn of the loop; the records committed."""
+        return self.loop.step(self)
 
     def write_stats(self) -> None:
         """{written, freshness_s: {item: s}} as JSON, atomically (kept across restarts)."""
@@ -253,29 +224,8 @@ class Materializer:
         os.replace(tmp, self.stats_file)
 
     def run(self, *, idle_exit_s: float | None = None) -> None:
-        """Loops until SIGTERM/SIGINT or ``idle_exit_s`` without input.
-
-        Idle time counts only while the materializer owns partitions: a join that waits out
-        a dead member's session is not "no input" (as in the worker).
-        """
-        idle_since = time.time()
-        try:
-            with stop_signals(self._on_signal):
-                while not self.stopping:
-                    if self.step() or not self.consumer.assignment():
-                        idle_since = time.time()
-                    elif idle_exit_s is not None and time.time() - idle_since > idle_exit_s:
-                        break
-        finally:
-            self.close()
-
-    def _on_signal(self, signum, frame) -> None:
-        self.stopping = True
-
-    def close(self) -> None:
-        self.producer.flush()
-        self.producer.close()
-        self.consumer.close(autocommit=False)
+        """Loops until SIGTERM/SIGINT or ``idle_exit_s`` without input (while assigned)."""
+        self.loop.run(self, idle_exit_s=idle_exit_s)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

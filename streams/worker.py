@@ -21,6 +21,8 @@ alone after a restart and dead-lettered ("killed its consumer N times") after
 So processing is at least once: a crash before the commit re-delivers the batch, and the
 re-produced records are identical (deterministic model, same version), which the
 materializer writes idempotently. SIGTERM finishes the current batch, commits and exits.
+Polling, the quarantine, flush-then-commit, signals and idle exit are the shared consume
+loop's (``streams/consume_loop.py``); this module is the worker's batch handler.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from idproxy.settings import Settings
-from streams.lifecycle import commit_or_log, poll_or_wait, stop_signals
+from streams.consume_loop import BatchHandler
 from streams.worker_metrics import WorkerMetrics
 
 log = logging.getLogger(__name__)
@@ -49,37 +51,34 @@ class WorkerStats:
     finished_at: float | None = None  # time.time() after the last commit
 
 
-class ProxyWorker:
-    """The consume → encode → produce → flush → commit loop."""
+class ProxyWorker(BatchHandler):
+    """The batch handler of the worker's consume loop (``streams/consume_loop.py``)."""
 
     def __init__(self, settings: Settings, broker, service, *, client_id: str = "worker") -> None:
-        from kafka import KafkaConsumer, KafkaProducer
-
         from proxy_model.vision import ImageLimits
-        from streams.dlq import DeadLetterSink
-        from streams.inflight_markers import CommittedOffsetMarkers
-        from streams.kafka_config import consumer_config, producer_config
-        from streams.quarantine import AssignmentListener, CrashQuarantine
-        from streams.topics import ensure_topics, subscribe
+        from streams.consume_loop import ConsumeLoop
 
+        w = settings.worker
         self.settings = settings
         self.service = service
-        self.topics = ensure_topics(settings, _admin(settings, broker))
-        self.consumer = KafkaConsumer(
-            client_id=client_id, **consumer_config(settings, broker, settings.worker.group_id)
+        self.loop = ConsumeLoop(
+            settings,
+            broker,
+            name=f"worker {client_id}",
+            component="worker",
+            group_id=w.group_id,
+            topics=["items"],
+            client_id=client_id,
+            max_records=w.batch_max_items,
+            max_wait_ms=w.batch_max_wait_ms,
         )
-        self.quarantine = CrashQuarantine(
-            CommittedOffsetMarkers(self.consumer), settings.kafka.quarantine_deaths
-        )
-        listener = AssignmentListener(f"worker {client_id}", self.quarantine)
-        subscribe(self.consumer, [self.topics.items], listener)
-        self.producer = KafkaProducer(client_id=client_id, **producer_config(settings, broker))
-        self.dlq = DeadLetterSink(self.producer, self.topics.dlq, component="worker")
+        self.topics, self.producer, self.dlq = self.loop.topics, self.loop.producer, self.loop.dlq
+        self.consumer = self.loop.consumer
         self.stats = WorkerStats()
-        self.image_limits = ImageLimits.from_settings(settings.worker)
-        self.stopping = False
+        self.image_limits = ImageLimits.from_settings(w)
         self._announced: set[str] = set()
-        self._metrics = WorkerMetrics(settings.worker.metrics_port, settings.metrics_host)
+        self._metrics = WorkerMetrics(w.metrics_port, settings.metrics_host)
+        self._started = 0.0
 
     # ------------------------------------------------------------------ parsing
     def _content(self, message):
@@ -106,28 +105,27 @@ class ProxyWorker:
             )
         return event, ItemContent(event.content_text(), image)
 
-    # ------------------------------------------------------------------ the loop
-    def _poll_batch(self) -> list:
-        w = self.settings.worker
-        batch: list = []
-        deadline = None
-        while len(batch) < w.batch_max_items and not self.stopping:
-            timeout = 200 if deadline is None else max(0, int((deadline - time.time()) * 1000))
-            polled = poll_or_wait(
-                self.consumer,
-                self.settings.kafka.outage_backoff_s,
-                timeout_ms=timeout,
-                max_records=w.batch_max_items - len(batch),
-            )
-            for records in polled.values():
-                batch.extend(records)
-            if batch and deadline is None:
-                deadline = time.time() + w.batch_max_wait_ms / 1000
-            if deadline is None and not polled:
-                return batch  # idle: let the caller check for stop / idle exit
-            if deadline is not None and time.time() >= deadline:
-                break
-        return batch
+    # ------------------------------------------------------------------ the handler
+    def order(self, records: list) -> list:
+        """Before a batch: the service picks up newer heads (re-proxy, realign)."""
+        self._started = time.time()
+        self.service.refresh()
+        if self.stats.first_batch_at is None:
+            self.stats.first_batch_at = self._started
+        return records
+
+    def handle(self, records: list) -> None:
+        self.process(records)
+
+    def after_commit(self, records: list, seconds: float) -> None:
+        self.stats.finished_at = time.time()
+        took = self.stats.finished_at - self._started
+        if took > SLOW_BATCH_S:
+            log.warning("slow batch: %d records in %.1f s", len(records), took)
+        self.stats.batches += 1
+        self.stats.batch_seconds.append(took)
+        self.stats.dead_letters = self.dlq.count
+        self._metrics.observe(self.consumer, self.dlq.count, records, took)
 
     def process(self, messages: list) -> None:
         """Validates, encodes and produces one micro-batch (no commit).
@@ -237,68 +235,9 @@ class ProxyWorker:
     def run(
         self, *, idle_exit_s: float | None = None, max_batches: int | None = None
     ) -> WorkerStats:
-        """Loops until SIGTERM/SIGINT, ``idle_exit_s`` without input, or ``max_batches``.
-
-        Idle time counts only while the worker owns partitions: a join that waits out a
-        killed member's session (seconds) is not "no input", so a replacement worker started
-        with ``--idle-exit`` does not give up before its partitions arrive.
-        """
-        idle_since = time.time()
-        try:
-            with stop_signals(self._on_signal):
-                while not self.stopping:
-                    messages = self._poll_batch()
-                    if not messages:
-                        if not self.consumer.assignment():  # still joining: not idle
-                            idle_since = time.time()
-                        elif idle_exit_s is not None and time.time() - idle_since > idle_exit_s:
-                            break
-                        continue
-                    started = time.time()
-                    self.service.refresh()  # newer heads (re-proxy, realign) for new items
-                    if self.stats.first_batch_at is None:
-                        self.stats.first_batch_at = started
-                    handled = time.time()
-                    self.quarantine.handle(
-                        messages, self.process, self.producer.flush, self.dlq.send
-                    )
-                    flushed = time.time()
-                    self.producer.flush()  # durable first ...
-                    committed = time.time()
-                    commit_or_log(self.consumer)  # ... then the offsets
-                    self.quarantine.committed_all()
-                    self.stats.finished_at = time.time()
-                    took = self.stats.finished_at - started
-                    if took > SLOW_BATCH_S:
-                        log.warning(
-                            "slow batch: %d records in %.1f s (heads refresh %.1f s, "
-                            "encode+produce %.1f s, flush %.1f s, commit %.1f s)",
-                            len(messages),
-                            took,
-                            handled - started,
-                            flushed - handled,
-                            committed - flushed,
-                            self.stats.finished_at - committed,
-                        )
-                    self.stats.batches += 1
-                    self.stats.batch_seconds.append(took)
-                    self.stats.dead_letters = self.dlq.count
-                    self._metrics.observe(self.consumer, self.dlq.count, messages, took)
-                    idle_since = time.time()
-                    if max_batches is not None and self.stats.batches >= max_batches:
-                        break
-        finally:
-            self.close()
+        """Loops until SIGTERM/SIGINT, ``idle_exit_s`` without input, or ``max_batches``."""
+        self.loop.run(self, idle_exit_s=idle_exit_s, max_batches=max_batches)
         return self.stats
-
-    def _on_signal(self, signum, frame) -> None:
-        log.info("signal %d: finishing the current batch", signum)
-        self.stopping = True
-
-    def close(self) -> None:
-        self.producer.flush()
-        self.producer.close()
-        self.consumer.close(autocommit=False)
 
 
 def _read_image_path(path: str, root: str | None, max_bytes: int) -> bytes:
@@ -315,12 +254,6 @@ def _read_image_path(path: str, root: str | None, max_bytes: int) -> bytes:
     if target.stat().st_size > max_bytes:
         raise InvalidItemError(f"image file is over {max_bytes} bytes")
     return target.read_bytes()
-
-
-def _admin(settings: Settings, broker) -> dict:
-    from streams.kafka_config import common_config
-
-    return common_config(settings, broker)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
