@@ -160,6 +160,14 @@ class WorkerSettings(BaseModel):
     group_id: str = "idproxy-workers"
 
 
+class MaterializerSettings(BaseModel):
+    """`idproxy materialize`: the proxies and control topics -> the store."""
+
+    group_id: str = "idproxy-materializer"
+    batch_max_records: int = Field(2000, description="Records written per store batch")
+    metrics_port: int = Field(0, description="Prometheus port (on metrics_host); 0 = off")
+
+
 class TrainerSettings(BaseModel):
     """The CTR ranker, the offline Table-1 benchmark and the online Stage-2 trainer."""
 
@@ -299,6 +307,7 @@ class Settings(BaseSettings):
     processor: ProcessorSettings = ProcessorSettings()
     store: StoreSettings = StoreSettings()
     worker: WorkerSettings = WorkerSettings()
+    materializer: MaterializerSettings = MaterializerSettings()
     trainer: TrainerSettings = TrainerSettings()
     demo: DemoSettings = DemoSettings()
 

@@ -17,7 +17,9 @@ A component supplies a :class:`BatchHandler`; :class:`ConsumeLoop` owns everythi
   (exponential back-off, at most 30 s), calls ``handler.recover()`` and reads it again;
 * SIGTERM/SIGINT finish the current batch, commit and exit; ``idle_exit_s`` without input
   exits too, counted only while the consumer owns partitions (a join that waits out a dead
-  member's session is not "no input").
+  member's session is not "no input");
+* Prometheus metrics on ``metrics_port`` (``streams/loop_metrics.py``), among them the
+  partitions owned: a member is ready once that is above 0.
 
 Any other exception from the handler is not the records' fault: nothing is committed, the
 quarantine markers are cleared and it propagates (the process restarts and reads the batch
@@ -83,12 +85,14 @@ class ConsumeLoop:
         client_id: str | None = None,
         max_records: int = 2000,
         max_wait_ms: int = 0,
+        metrics_port: int = 0,
     ) -> None:
         from kafka import KafkaConsumer, KafkaProducer
 
         from streams.dlq import DeadLetterSink
         from streams.inflight_markers import CommittedOffsetMarkers
         from streams.kafka_config import common_config, consumer_config, producer_config
+        from streams.loop_metrics import LoopMetrics
         from streams.quarantine import AssignmentListener, CrashQuarantine
         from streams.topics import ensure_topics, subscribe
 
@@ -105,6 +109,7 @@ class ConsumeLoop:
         subscribe(self.consumer, names, AssignmentListener(name, self.quarantine))
         self.producer = KafkaProducer(**clients, **producer_config(settings, broker))
         self.dlq = DeadLetterSink(self.producer, self.topics.dlq, component=component)
+        self.metrics = LoopMetrics(component, metrics_port, settings.metrics_host)
         self.stopping = False
         self.batches = 0
         self.retry_reason: str | None = None  # the last RetryBatch, until a batch succeeds
@@ -159,7 +164,9 @@ class ConsumeLoop:
             commit_or_log(self.consumer)  # ... then the offsets
             self.quarantine.committed_all()
             self.batches += 1
-            handler.after_commit(records, time.time() - started)
+            seconds = time.time() - started
+            self.metrics.observe(self.consumer, self.dlq.count, records, seconds)
+            handler.after_commit(records, seconds)
         return len(records)
 
     def _back_off(self, exc: Exception) -> None:
@@ -192,7 +199,9 @@ class ConsumeLoop:
         try:
             with stop_signals(self._on_signal):
                 while not self.stopping:
-                    if self.step(handler) or not self.consumer.assignment():
+                    handled = self.step(handler)
+                    self.metrics.owned(self.consumer)
+                    if handled or not self.consumer.assignment():
                         idle_since = time.time()
                     elif idle_exit_s is not None and time.time() - idle_since > idle_exit_s:
                         break

@@ -56,13 +56,15 @@ class Materializer(BatchHandler):
         broker,
         store: ProxyStoreProtocol,
         *,
-        group_id: str = "idproxy-materializer",
+        group_id: str | None = None,
         stats_file: Path | None = None,
     ) -> None:
         from streams.consume_loop import ConsumeLoop
 
         self.settings = settings
         self.store = store
+        m = settings.materializer
+        group_id = group_id or m.group_id
         self.loop = ConsumeLoop(
             settings,
             broker,
@@ -70,7 +72,8 @@ class Materializer(BatchHandler):
             component="materializer",
             group_id=group_id,
             topics=["proxies", "control"],
-            max_records=2000,
+            max_records=m.batch_max_records,
+            metrics_port=m.metrics_port,
         )
         self.topics, self.consumer, self.dlq = self.loop.topics, self.loop.consumer, self.loop.dlq
         self.pending: dict[str, int] = {}  # version -> expected items, until published
@@ -231,7 +234,10 @@ class Materializer(BatchHandler):
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--store-path", help="store directory (default settings.store.path)")
     parser.add_argument(
-        "--group", default="idproxy-materializer", help="consumer group (a new one rebuilds)"
+        "--group", help="consumer group (default materializer.group_id; a new one rebuilds)"
+    )
+    parser.add_argument(
+        "--metrics-port", type=int, help="Prometheus port (default materializer.metrics_port)"
     )
     parser.add_argument("--idle-exit", type=float, help="exit after this many idle seconds")
     parser.add_argument(
@@ -244,6 +250,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     from store.errors import StoreError
     from streams.broker import external_broker
 
+    if args.metrics_port is not None:
+        m = settings.materializer.model_copy(update={"metrics_port": args.metrics_port})
+        settings = settings.model_copy(update={"materializer": m})
     if not settings.kafka.bootstrap:
         print("error: set IDPROXY_KAFKA_BOOTSTRAP (e.g. from `idproxy broker`)")
         return 2

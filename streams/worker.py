@@ -35,7 +35,6 @@ from pathlib import Path
 
 from idproxy.settings import Settings
 from streams.consume_loop import BatchHandler
-from streams.worker_metrics import WorkerMetrics
 
 log = logging.getLogger(__name__)
 SLOW_BATCH_S = 5.0  # a batch slower than this is logged with where its time went
@@ -71,13 +70,13 @@ class ProxyWorker(BatchHandler):
             client_id=client_id,
             max_records=w.batch_max_items,
             max_wait_ms=w.batch_max_wait_ms,
+            metrics_port=w.metrics_port,
         )
         self.topics, self.producer, self.dlq = self.loop.topics, self.loop.producer, self.loop.dlq
         self.consumer = self.loop.consumer
         self.stats = WorkerStats()
         self.image_limits = ImageLimits.from_settings(w)
         self._announced: set[str] = set()
-        self._metrics = WorkerMetrics(w.metrics_port, settings.metrics_host)
         self._started = 0.0
 
     # ------------------------------------------------------------------ parsing
@@ -125,7 +124,6 @@ class ProxyWorker(BatchHandler):
         self.stats.batches += 1
         self.stats.batch_seconds.append(took)
         self.stats.dead_letters = self.dlq.count
-        self._metrics.observe(self.consumer, self.dlq.count, records, took)
 
     def process(self, messages: list) -> None:
         """Validates, encodes and produces one micro-batch (no commit).

@@ -1,12 +1,13 @@
-"""The worker's and trainer's Prometheus endpoints bind the configured host."""
+"""The worker's, materializer's and trainer's Prometheus endpoints bind the configured host."""
 
+import functools
 import urllib.request
 
 import pytest
 
 from idproxy.settings import Settings
 from streams.broker import free_port
-from streams.worker_metrics import WorkerMetrics
+from streams.loop_metrics import LoopMetrics
 from trainer.online_report import TrainerMetrics
 
 
@@ -16,7 +17,13 @@ def test_metrics_host_defaults_to_loopback_and_reads_the_environment(monkeypatch
     assert Settings().metrics_host == "0.0.0.0"
 
 
-@pytest.mark.parametrize("metrics", [WorkerMetrics, TrainerMetrics], ids=["worker", "trainer"])
+WORKER = functools.partial(LoopMetrics, "worker")
+MATERIALIZER = functools.partial(LoopMetrics, "materializer")
+ENDPOINTS = [WORKER, MATERIALIZER, TrainerMetrics]
+NAMES = ["worker", "materializer", "trainer"]
+
+
+@pytest.mark.parametrize("metrics", ENDPOINTS, ids=NAMES)
 @pytest.mark.parametrize("host", ["127.0.0.1", "0.0.0.0"])
 def test_endpoint_binds_the_configured_host_and_serves_metrics(metrics, host):
     port = free_port()
@@ -26,7 +33,7 @@ def test_endpoint_binds_the_configured_host_and_serves_metrics(metrics, host):
     assert "idproxy_" in body
 
 
-@pytest.mark.parametrize("metrics", [WorkerMetrics, TrainerMetrics], ids=["worker", "trainer"])
+@pytest.mark.parametrize("metrics", ENDPOINTS, ids=NAMES)
 def test_port_zero_means_no_endpoint(metrics):
     assert not metrics(0, "127.0.0.1").enabled
 
@@ -36,11 +43,11 @@ def test_worker_freshness_is_upload_timestamp_to_commit(monkeypatch):
     records without a timestamp are not counted."""
     from types import SimpleNamespace
 
-    import streams.worker_metrics
+    import streams.loop_metrics
 
     monkeypatch.setattr("idproxy.prometheus.serve_metrics", lambda registry, port, host: None)
-    metrics = WorkerMetrics(9100, "127.0.0.1")
-    monkeypatch.setattr(streams.worker_metrics.time, "time", lambda: 1000.0)
+    metrics = WORKER(9100, "127.0.0.1")
+    monkeypatch.setattr(streams.loop_metrics.time, "time", lambda: 1000.0)
     consumer = SimpleNamespace(assignment=lambda: [])
     records = [SimpleNamespace(timestamp=t) for t in (999_000, 995_500, -1, None)]
     metrics.observe(consumer, 0, records, 0.1)

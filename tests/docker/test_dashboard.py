@@ -102,16 +102,18 @@ class OneVersionStore:
 def _registries() -> dict[str, object]:
     """Exporter (the idproxy subcommand) -> the registry its metrics live in."""
     from store.http_api import ProxyApi
-    from streams.worker_metrics import WorkerMetrics
+    from streams.loop_metrics import LoopMetrics
     from trainer.online_report import TrainerMetrics
 
     with pytest.MonkeyPatch.context() as mp:  # no HTTP server: the registries only
         mp.setattr("idproxy.prometheus.serve_metrics", lambda registry, port, host: (host, port))
-        worker_metrics = WorkerMetrics(9100, "127.0.0.1")
+        worker_metrics = LoopMetrics("worker", 9100, "127.0.0.1")
+        materializer_metrics = LoopMetrics("materializer", 9102, "127.0.0.1")
         trainer_metrics = TrainerMetrics(9101, "127.0.0.1")
     api = ProxyApi(OneVersionStore(), max_request_bytes=1, max_batch_items=1)
     return {
         "worker": worker_metrics.registry,
+        "materialize": materializer_metrics.registry,
         "trainer": trainer_metrics.registry,
         "store serve": api.registry,
     }
@@ -322,7 +324,7 @@ def _worker_port(svc: dict) -> int:
     return int(tc.environment(svc).get("IDPROXY_WORKER_METRICS_PORT", 0))
 
 
-def _trainer_port(svc: dict) -> int:
+def _flag_port(svc: dict) -> int:
     argv = tc.command(svc)
     return int(argv[argv.index("--metrics-port") + 1]) if "--metrics-port" in argv else 0
 
@@ -337,7 +339,8 @@ def _api_port(svc: dict) -> int:
 # idproxy subcommand -> (its metrics port in a compose service, the env var of its bind host)
 EXPORTERS = {
     "worker": (_worker_port, "IDPROXY_METRICS_HOST"),
-    "trainer": (_trainer_port, "IDPROXY_METRICS_HOST"),
+    "materialize": (_flag_port, "IDPROXY_METRICS_HOST"),  # --metrics-port, as the trainer
+    "trainer": (_flag_port, "IDPROXY_METRICS_HOST"),
     "store serve": (_api_port, "IDPROXY_STORE_HTTP_HOST"),
 }
 
@@ -377,7 +380,7 @@ def test_scrape_config_parses():
 
 def test_every_exporting_service_is_scraped(model):
     services = exporting_services(model)
-    assert set(services) == {"worker", "trainer", "api"}, sorted(services)
+    assert set(services) == {"worker", "materializer", "trainer", "api"}, sorted(services)
     targets = {(host, port) for _, host, port in scrape_targets()}
     for name, ((port_of, host_var), svc) in services.items():
         port = port_of(svc)
