@@ -17,7 +17,7 @@ import json
 import statistics
 import time
 
-from idproxy.settings import Settings
+from idproxy.settings import Settings, tiny_profile
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -61,7 +61,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     from proxy_model.service import ProxyService
 
     console = Console()
-    service = ProxyService.tiny() if args.tiny else ProxyService.from_settings(settings)
+    service = ProxyService.from_settings(tiny_profile(settings) if args.tiny else settings)
     encoder = service.featurizer.encoder
     data = load_movielens()
     texts = [data.item_text(i) for i in data.item_ids[: args.batch_size]]

@@ -40,7 +40,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from idproxy.settings import Settings
+from idproxy.settings import Settings, tiny_profile
 
 ASSIGNED = re.compile(r"worker (\S+) assigned partitions \[([\d, ]*)\]")
 STOPPED = re.compile(r"stopped: (\d+) items")
@@ -336,13 +336,12 @@ def _ramp(n: int, args, settings: Settings, broker, out: Path, catalog, images, 
     """Starts the materializer and ``n`` workers, warms up, runs the ramp; the results of n."""
     from idproxy.supervisor import ChildFailed, Supervisor
 
-    s = settings.model_copy(deep=True)
+    s = (tiny_profile(settings) if args.tiny else settings).model_copy(deep=True)
     s.kafka.bootstrap = broker.bootstrap
     s.kafka.embedded_tansu = bool(broker.quirks)
     s.kafka.topic_prefix = f"{out.name}-w{n}-"
     s.worker.group_id = f"{s.kafka.topic_prefix}workers"
     if args.tiny:
-        s.model.id_dim = 8  # the tiny service's d
         s.model.artifacts_dir = str(out / "artifacts")  # no tiny bundle in the real one
     threads = args.threads_per_worker or max(1, (os.cpu_count() or 1) // n)
     env = {

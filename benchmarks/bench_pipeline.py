@@ -18,7 +18,7 @@ import threading
 import time
 import uuid
 
-from idproxy.settings import Settings
+from idproxy.settings import Settings, tiny_profile
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -51,7 +51,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     from streams.materializer import Materializer
     from streams.worker import ProxyWorker
 
-    service = ProxyService.tiny() if args.tiny else ProxyService.from_settings(settings)
+    service = ProxyService.from_settings(tiny_profile(settings) if args.tiny else settings)
     settings.model.id_dim = service.id_dim
     data = load_movielens()
     ids = data.item_ids[: args.items]

@@ -3,7 +3,7 @@
 1. A broker by the ladder (Apache Kafka from jars where present, else embedded Tansu).
 2. Supervised subprocesses (logs in ``<run>/logs``): the store materializer and its HTTP
    read API, the faust processor and ``demo.workers`` proxy workers (real weights unless
-   ``--tiny``).
+   ``--tiny``, the tiny settings profile: ``IDPROXY_MODEL_ENCODER=tiny`` for every child).
 3. Go-live as paper §3.2.4 deploys: each item is uploaded ``upload_lead_days`` dataset
    days before its first rating. The launch catalogue (items uploaded by go-live) goes
    first and the demo waits until it is servable. The history period (the first
@@ -40,9 +40,6 @@ from idproxy.demo_faults import DemoBroker, fault_schedule, inject
 from idproxy.demo_golive import bootstrap, run_to_end
 from idproxy.demo_plan import Plan, make_plan
 from idproxy.settings import Settings
-
-# the head widths of ProxyService.tiny(), so trainer and realign bundles fit tiny workers
-TINY_HEADS = {"IDPROXY_MODEL_COARSE_HIDDEN": "16", "IDPROXY_MODEL_ADAPTOR_HIDDEN": "16"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -105,7 +102,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             "IDPROXY_STORE_HTTP_PORT": str(port),
             "IDPROXY_MODEL_ARTIFACTS_DIR": str(plan.run_dir / "artifacts"),
             "IDPROXY_MODEL_ID_DIM": str(plan.id_dim),
-            **(TINY_HEADS if plan.tiny else {}),
+            **({"IDPROXY_MODEL_ENCODER": "tiny"} if plan.tiny else {}),
             "IDPROXY_TRAINER_CHECKPOINT_EVERY_S": str(plan.checkpoint_every_s),
             "IDPROXY_TRAINER_REPORT_EVERY_S": str(settings.demo.progress_every_s / 2),
             "IDPROXY_TRAINER_THREADS": "1",  # two trainers and the worker share the cores
@@ -154,13 +151,12 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 def _start_components(sup, plan: Plan, settings: Settings) -> None:
     ready = settings.demo.ready_timeout_s
     r = plan.run_dir
-    tiny = ["--tiny"] if plan.tiny else []
     sup.start("materializer", ["materialize", "--stats-file", str(r / "materializer.json")])
     sup.wait_for("materializer", "materializer ready", ready)
     sup.start("api", ["store", "serve"])
     sup.start("processor", ["processor", "--datadir", str(r / "processor")])
     for k in range(plan.workers):
-        sup.start(f"worker-{k}", ["worker", "--client-id", f"worker-{k}", *tiny])
+        sup.start(f"worker-{k}", ["worker", "--client-id", f"worker-{k}"])
     for name, needle in (
         ("processor", "processor ready"),
         *((f"worker-{k}", "ready") for k in range(plan.workers)),
@@ -173,7 +169,6 @@ def _start_trainers(sup, plan: Plan, settings: Settings) -> None:
     """The two live trainers (resuming from the bootstrap) and the re-alignment schedule."""
     r = plan.run_dir
     nice = settings.demo.trainer_nice
-    tiny = ["--tiny"] if plan.tiny else []
     for variant in ("idproxy", "id-only"):
         sup.start(
             f"trainer-{variant}",
@@ -191,7 +186,6 @@ def _start_trainers(sup, plan: Plan, settings: Settings) -> None:
             str(r / "trainer-id-only"),
             "--state-dir",
             str(r / "realign"),
-            *tiny,
         ],
         nice=nice,
     )

@@ -31,7 +31,6 @@ def bootstrap(sup, plan: Plan, settings: Settings, broker, replay: list[str]) ->
     finally:
         in_topic.close()
     r = plan.run_dir
-    tiny = ["--tiny"] if plan.tiny else []
     print(f"demo: {plan.history:,} history samples; bootstrapping the deployment", flush=True)
     run_to_end(
         sup,
@@ -42,7 +41,6 @@ def bootstrap(sup, plan: Plan, settings: Settings, broker, replay: list[str]) ->
             str(r / "trainer-id-only"),
             "--idproxy-state",
             str(r / "trainer-idproxy"),
-            *tiny,
         ],
     )
     lines = [ln for ln in sup.logs("bootstrap").splitlines() if ln.startswith("{")]

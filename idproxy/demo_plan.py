@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from idproxy.settings import Settings
+from idproxy.settings import Settings, tiny_profile
 
 
 @dataclass(frozen=True)
@@ -73,6 +73,6 @@ def make_plan(args: argparse.Namespace, settings: Settings) -> Plan:
         fault_seed=args.fault_seed,
         bad_share=args.bad_share,
         tiny=args.tiny,
-        id_dim=8 if args.tiny else settings.model.id_dim,  # the tiny service's d is 8
+        id_dim=(tiny_profile(settings) if args.tiny else settings).model.id_dim,
         run_dir=Path(args.run_dir or Path(settings.run_dir) / f"demo-{stamp}").resolve(),
     )

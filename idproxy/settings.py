@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import (
     BaseSettings,
     InitSettingsSource,
@@ -32,9 +32,24 @@ from pydantic_settings import (
 CACHE_DIR = Path(os.environ.get("IDPROXY_CACHE_DIR", Path.home() / ".cache" / "idproxy"))
 
 
-class ModelSettings(BaseModel):
-    """The content encoder (MLLM M) and the proxy heads."""
+TINY_MODEL = {"id_dim": 8, "coarse_hidden": 16, "adaptor_hidden": 16}  # the tiny profile
 
+
+class ModelSettings(BaseModel):
+    """The content encoder (MLLM M) and the proxy heads.
+
+    ``encoder="tiny"`` is the tiny profile: a random two-layer encoder with the same
+    interface (loads in well under a second; tests and the quick demo), and unless set
+    otherwise the small widths of ``TINY_MODEL`` (d = 8, 16-wide heads).
+
+    >>> m = ModelSettings(encoder="tiny", coarse_hidden=32)
+    >>> m.id_dim, m.coarse_hidden, m.adaptor_hidden
+    (8, 32, 16)
+    """
+
+    encoder: Literal["real", "tiny"] = Field(
+        "real", description="real: pretrained weights; tiny: the random test encoder profile"
+    )
     lm_path: str | None = Field(
         None, description="Local HF causal LM / VLM folder; None uses the packaged SmolLM2-135M"
     )
@@ -54,6 +69,13 @@ class ModelSettings(BaseModel):
     artifacts_dir: str = Field(
         str(CACHE_DIR / "artifacts"), description="Versioned proxy-head bundles (safetensors)"
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _tiny_defaults(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("encoder") == "tiny":
+            return {**TINY_MODEL, **data}
+        return data
 
 
 class Stage1Settings(BaseModel):
@@ -345,3 +367,10 @@ def _read_config_file() -> dict[str, Any]:
 def load_settings(**overrides: Any) -> Settings:
     """Builds the settings from defaults, the config file, env vars and ``overrides``."""
     return Settings(**overrides)
+
+
+def tiny_profile(settings: Settings) -> Settings:
+    """``settings`` with the tiny encoder profile (``IDPROXY_MODEL_ENCODER=tiny``); values
+    set explicitly (environment, file) are kept, the profile fills the rest."""
+    data = settings.model.model_dump(exclude_unset=True) | {"encoder": "tiny"}
+    return settings.model_copy(update={"model": ModelSettings(**data)})

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from idproxy.settings import TINY_MODEL
 from proxy_model.artifacts import latest_version, load_bundle
 from proxy_model.device import pick_device
 from proxy_model.encoder import ItemContent, MultimodalEncoder, build_default_encoder
@@ -208,9 +209,17 @@ class ProxyService:
 
     @classmethod
     def from_settings(cls, settings, bundle_root: Path | None = None) -> ProxyService:
-        """Real weights (SmolLM2 + Lite0 unless ``model.lm_path``/``model.vision`` say otherwise);
-        heads from the newest bundle under ``bundle_root`` (default ``model.artifacts_dir``)."""
+        """Real weights (SmolLM2 + Lite0 unless ``model.lm_path``/``model.vision`` say otherwise),
+        or the tiny random encoder under the tiny profile (``model.encoder = "tiny"``); heads
+        from the newest bundle under ``bundle_root`` (default ``model.artifacts_dir``)."""
         m = settings.model
+        if m.encoder == "tiny":  # the tiny profile: random weights, same interface
+            return cls.tiny(
+                id_dim=m.id_dim,
+                coarse_hidden=m.coarse_hidden,
+                adaptor_hidden=m.adaptor_hidden,
+                bundle_root=bundle_root or Path(m.artifacts_dir),
+            )
         encoder = build_default_encoder(
             settings.cache_dir,
             lm_path=m.lm_path,
@@ -232,15 +241,22 @@ class ProxyService:
         )
 
     @classmethod
-    def tiny(cls, seed: int = 0, id_dim: int = 8, bundle_root: Path | None = None) -> ProxyService:
+    def tiny(
+        cls,
+        seed: int = 0,
+        id_dim: int = TINY_MODEL["id_dim"],
+        bundle_root: Path | None = None,
+        coarse_hidden: int = TINY_MODEL["coarse_hidden"],
+        adaptor_hidden: int = TINY_MODEL["adaptor_hidden"],
+    ) -> ProxyService:
         """Tiny random model with the same interface, for tests (loads in well under 1 s);
         heads from a bundle under ``bundle_root`` when one was saved for this encoder."""
         encoder = _tiny_encoder(seed=seed).to(pick_device("cpu"))
         return cls.assemble(
             encoder,
             id_dim=id_dim,
-            coarse_hidden=16,
-            adaptor_hidden=16,
+            coarse_hidden=coarse_hidden,
+            adaptor_hidden=adaptor_hidden,
             n_groups=3,
             seed=seed,
             bundle_root=bundle_root,

@@ -255,24 +255,24 @@ def _read_image_path(path: str, root: str | None, max_bytes: int) -> bytes:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--tiny", action="store_true", help="tiny random model (tests)")
+    parser.add_argument(
+        "--tiny", action="store_true", help="the tiny profile (IDPROXY_MODEL_ENCODER=tiny)"
+    )
     parser.add_argument("--idle-exit", type=float, help="exit after this many idle seconds")
     parser.add_argument("--client-id", default="worker")
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
+    from idproxy.settings import tiny_profile
     from proxy_model.service import ProxyService
     from streams.broker import external_broker
 
     if not settings.kafka.bootstrap:
         print("error: set IDPROXY_KAFKA_BOOTSTRAP (e.g. from `idproxy broker`)")
         return 2
-    bundles = Path(settings.model.artifacts_dir)
-    service = (
-        ProxyService.tiny(id_dim=settings.model.id_dim, bundle_root=bundles)
-        if args.tiny
-        else ProxyService.from_settings(settings)
-    )
+    if args.tiny:
+        settings = tiny_profile(settings)
+    service = ProxyService.from_settings(settings)
     broker = external_broker(settings)
     worker = ProxyWorker(settings, broker, service, client_id=args.client_id)
     print(f"worker {args.client_id} ready (proxy version {service.proxy_version})", flush=True)

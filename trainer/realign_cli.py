@@ -37,7 +37,7 @@ import logging
 import time
 from pathlib import Path
 
-from idproxy.settings import Settings
+from idproxy.settings import Settings, tiny_profile
 
 log = logging.getLogger(__name__)
 
@@ -86,9 +86,8 @@ def realign_once(settings: Settings, broker, args: argparse.Namespace) -> dict:
     counts = state["item_table.counts"][1 : len(ids) + 1]
 
     if args.tiny:
-        svc = ProxyService.tiny(id_dim=settings.model.id_dim, bundle_root=artifacts)
-    else:
-        svc = ProxyService.from_settings(settings, bundle_root=artifacts)
+        settings = tiny_profile(settings)
+    svc = ProxyService.from_settings(settings, bundle_root=artifacts)
     topics = ensure_topics(settings, common_config(settings, broker))
     cache = ItemCache()
     state_dir = Path(args.state_dir or cache_dir / "realign")
