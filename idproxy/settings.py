@@ -253,6 +253,12 @@ class TrainerSettings(BaseModel):
     dedup_window: int = Field(200_000, description="Recent sample keys kept for de-duplication")
     reproxy_every_checkpoints: int = Field(1, description="Re-proxy every K checkpoints")
     reproxy_every_s: float = Field(0.0, description="... or every T seconds (0 = off)")
+    reproxy_min_change: float = Field(
+        0.05,
+        ge=0,
+        description="A re-proxy is published only when p_fine moved at least this much since"
+        " the last published version (mean relative L2; 0 = every re-proxy)",
+    )
     # ---- the re-alignment job (`idproxy realign`, trainer/realign_job.py)
     realign_interval_s: int = 600
     realign_holdout_fraction: float = Field(0.2, description="Held-out share of kept ids")

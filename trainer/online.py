@@ -47,7 +47,7 @@ from trainer.online_core import TrainerCore
 from trainer.online_model import Variant
 from trainer.online_report import TrainerMetrics, append_line, cumulative_summary, finite
 from trainer.online_state import checkpoint_manifest, fresh_shape, new_core, restore_core
-from trainer.reproxy import bundle_fine, publish_proxies, save_fine_bundle
+from trainer.reproxy import ChurnGate, bundle_fine, publish_proxies, save_fine_bundle
 from trainer.sample_decoder import record_samples
 
 log = logging.getLogger(__name__)
@@ -115,6 +115,8 @@ class OnlineTrainer:
         self.core = self._setup()
         self.last_checkpoint_at = self.last_reproxy_at = self.last_report_at = time.time()
         self.reproxied_items = 0  # items in the last re-proxy version
+        self.churn = ChurnGate(settings.trainer.reproxy_min_change)
+        self.proxy_change: float | None = None  # the last re-proxy's movement (ChurnGate)
 
     # ------------------------------------------------------------------ setup
     def _setup(self) -> TrainerCore:
@@ -301,13 +303,10 @@ class OnlineTrainer:
         self._prom.checkpointed()
         log.info("checkpoint %s: %d samples, offsets %s", version, core.samples, core.offsets)
         t = self.settings.trainer
-        if self.do_reproxy and (
-            (
-                t.reproxy_every_checkpoints > 0
-                and self.checkpoints % t.reproxy_every_checkpoints == 0
-            )
-            or (t.reproxy_every_s > 0 and time.time() - self.last_reproxy_at >= t.reproxy_every_s)
-        ):
+        every, period = t.reproxy_every_checkpoints, t.reproxy_every_s
+        by_count = every > 0 and self.checkpoints % every == 0
+        by_time = period > 0 and time.time() - self.last_reproxy_at >= period
+        if self.do_reproxy and (by_count or by_time):
             try:
                 self.reproxy()
             except KafkaError as exc:  # the broker is away: the next checkpoint re-proxies
@@ -335,11 +334,16 @@ class OnlineTrainer:
         fine = torch.cat(
             [model.fine_head(pc[k : k + 1024], zg[k : k + 1024]) for k in range(0, len(ids), 1024)]
         )
+        publish, self.proxy_change = self.churn.decide(ids, fine)
+        self.last_reproxy_at = time.time()
+        if not publish:
+            log.info("re-proxy skipped: proxies moved %.4f on average", self.proxy_change)
+            return None
         version = f"{REPROXY_PREFIX}{self.last_checkpoint}-{uuid.uuid4().hex[:6]}"
+        self.churn.published(ids, fine)
         publish_proxies(self.producer, self.topics, version, ids, self.cache, pc, fine)
         self.proxy_version = version
         self.reproxied_items = len(ids)
-        self.last_reproxy_at = time.time()
         bundle = save_fine_bundle(
             self.artifacts_dir,
             model.fine_head,
@@ -370,6 +374,9 @@ class OnlineTrainer:
             "window_new": len(core.metrics_new),
             "checkpoint": self.last_checkpoint,
             "proxy_version": self.proxy_version,
+            "proxy_change": self.proxy_change,
+            "proxy_versions": self.churn.versions,
+            "reproxies_skipped": self.churn.skipped,
         }
         append_line(self.state_dir / "metrics.jsonl", line)
         self.last_report_at = time.time()

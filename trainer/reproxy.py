@@ -46,6 +46,54 @@ def publish_proxies(
     producer.flush()
 
 
+class ChurnGate:
+    """Publishes a re-proxy only when the proxies moved enough to matter.
+
+    ``change`` is the mean over items of ‖p_new − p_old‖ / ‖p_old‖, against the last
+    *published* version (so slow drift adds up until it crosses ``min_change``); items not
+    in that version are left out (the workers append new uploads to the active version with
+    the same bundle). The first re-proxy of a process is always published. ``min_change``
+    0 publishes every re-proxy.
+
+    >>> gate = ChurnGate(min_change=0.1)
+    >>> a = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
+    >>> gate.decide(["x", "y"], a)  # nothing published yet
+    (True, None)
+    >>> gate.published(["x", "y"], a)
+    >>> gate.decide(["x", "y", "z"], torch.tensor([[1.0, 0.05], [0.0, 2.0], [5.0, 5.0]]))
+    (False, 0.025)
+    >>> gate.decide(["x"], torch.tensor([[0.0, 1.0]]))[0]
+    True
+    """
+
+    def __init__(self, min_change: float) -> None:
+        self.min_change = min_change
+        self.index: dict[str, int] = {}
+        self.fine: torch.Tensor | None = None
+        self.skipped = 0
+        self.versions = 0
+
+    def decide(self, ids: list[str], fine: torch.Tensor) -> tuple[bool, float | None]:
+        """(publish?, change) for the p_fine [N, d] of ``ids``."""
+        if self.fine is None:
+            return True, None
+        both = [(k, self.index[i]) for k, i in enumerate(ids) if i in self.index]
+        if not both:
+            return True, None
+        new_rows, old_rows = (torch.tensor(x) for x in zip(*both, strict=True))
+        old = self.fine[old_rows]
+        moved = (fine[new_rows] - old).norm(dim=-1) / old.norm(dim=-1).clamp_min(1e-12)
+        change = round(float(moved.mean()), 6)
+        publish = change >= self.min_change
+        self.skipped += not publish
+        return publish, change
+
+    def published(self, ids: list[str], fine: torch.Tensor) -> None:
+        self.index = {item: k for k, item in enumerate(ids)}
+        self.fine = fine.clone()
+        self.versions += 1
+
+
 def bundle_fine(root: Path, hidden: int, groups: int, dim: int) -> dict | None:
     """The fine-head state of the LATEST bundle when its shapes fit, else None."""
     from proxy_model.artifacts import latest_version, load_bundle
