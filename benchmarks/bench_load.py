@@ -148,7 +148,7 @@ class _StoreThread:
     def _loop(self) -> None:
         try:
             while not self._stop.is_set():
-                self.materializer.step(timeout_ms=100)
+                self.materializer.step()
         except BaseException as exc:  # surfaced in the main thread by check()
             self.error = exc
         finally:  # here, so that a close hanging on a dead broker cannot block the bench

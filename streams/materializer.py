@@ -230,6 +230,10 @@ class Materializer(BatchHandler):
         """Loops until SIGTERM/SIGINT or ``idle_exit_s`` without input (while assigned)."""
         self.loop.run(self, idle_exit_s=idle_exit_s)
 
+    def close(self) -> None:
+        """Closes the Kafka clients (after driving the loop with :meth:`step`)."""
+        self.loop.close()
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--store-path", help="store directory (default settings.store.path)")
