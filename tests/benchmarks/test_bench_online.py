@@ -18,13 +18,13 @@ def test_auc_table_scores_each_warm_up_bucket_on_its_own_samples():
     scores = np.array([0.9, 0.1, 0.2, 0.8, 0.5, 0.5])
     labels = np.array([1, 0, 1, 0, 1, 0])
     interactions = [0, 0, 1, 2, 7, 7]
-    table = bench_online.auc_table(scores, labels, interactions, tau=3)
+    table = bench_online.auc_table(scores, labels, interactions, new_below=3)
     assert math.isnan(table["warm"])  # no sample of an item seen >= 20 times
     assert table["0"] == 1.0
     assert table["1-2"] == 0.0
     assert table["5-9"] == 0.5
     assert math.isnan(table["3-4"])  # no samples
-    # new = fewer than tau=3 earlier interactions: the first four samples
+    # new = fewer than new_below=3 earlier interactions: the first four samples
     assert table["new"] == 0.75  # 2 positives x 2 negatives: 3 of the 4 pairs in order
     # 10 stream slices of at most one sample each: no slice has both classes
     assert math.isnan(table["new_by_time"])
