@@ -43,7 +43,7 @@ from typing import Annotated
 
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -57,6 +57,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from store.base import BatchResult, ProxyStoreProtocol, VersionInfo
 from store.errors import StoreError
 from store.http_hot_path import (
+    JSON,
     OCTET,
     Answer,
     ApiError,
@@ -65,6 +66,7 @@ from store.http_hot_path import (
     answer_batch,
     answer_get,
     error_answer,
+    error_body,
     parse_batch,
 )
 from store.version_metrics import VersionCollector
@@ -101,8 +103,8 @@ class ErrorOut(BaseModel):
     reason: str
 
 
-def _error(status: int, kind: str, reason: str) -> JSONResponse:
-    return JSONResponse({"error": kind, "reason": reason}, status_code=status)
+def _error(status: int, kind: str, reason: str) -> Response:
+    return Response(error_body(kind, reason), status, media_type=JSON)
 
 
 def _response(answer: Answer) -> Response:
@@ -226,12 +228,12 @@ def create_app(api: ProxyApi) -> HotPath:
         return _response(error_answer(exc))
 
     @app.exception_handler(RequestValidationError)
-    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _invalid(_: Request, exc: RequestValidationError) -> Response:
         errors = exc.errors()
         return _error(400, "invalid_request", str(errors[0]["msg"]) if errors else "invalid")
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> Response:
         kind = "no_route" if exc.status_code in (404, 405) else "http_error"
         return _error(exc.status_code, kind, f"{exc.detail}: {request.method} {request.url.path}")
 

@@ -51,8 +51,9 @@ class BatchHandler:
         A bad record is dead-lettered here (``loop.dlq.send(record, reason)``)."""
         raise NotImplementedError
 
-    def order(self, records: list) -> list:
-        """The batch in the order to handle it (default: as polled)."""
+    def prepare(self, records: list) -> list:
+        """Before a batch is handled: the records in the order to handle them (default: as
+        polled), after any per-batch preparation."""
         return records
 
     def tick(self) -> None:
@@ -152,7 +153,7 @@ class ConsumeLoop:
         started = time.time()
         try:
             if records:
-                records = handler.order(records)
+                records = handler.prepare(records)
                 self.quarantine.handle(records, handler.handle, self.producer.flush, self.dlq.send)
             handler.tick()
         except RetryBatch as exc:
@@ -171,14 +172,12 @@ class ConsumeLoop:
 
     def _back_off(self, exc: Exception) -> None:
         """Back to the committed offsets, then wait before the batch is read again."""
-        from kafka import TopicPartition
-
         self.retry_reason = str(exc)
         self.retries += 1
         wait = min(30.0, 0.5 * 2 ** min(self.retries, 6))
         log.error("%s: %s; offsets not committed, retrying in %.1f s", self.name, exc, wait)
         for tp in self.consumer.assignment():
-            committed = self.consumer.committed(TopicPartition(tp.topic, tp.partition))
+            committed = self.consumer.committed(tp)
             if committed is None:
                 self.consumer.seek_to_beginning(tp)
             else:

@@ -183,7 +183,7 @@ class Materializer(BatchHandler):
                 del self.pending[version]
 
     # ------------------------------------------------------------------ the handler
-    def order(self, records: list) -> list:
+    def prepare(self, records: list) -> list:
         """Proxies first (a stable sort keeps each partition's order): after a death, a
         VersionCommit handled alone is then committed after its version's records."""
         return sorted(records, key=lambda m: m.topic == self.topics.control)

@@ -77,7 +77,6 @@ class ProxyWorker(BatchHandler):
         self.stats = WorkerStats()
         self.image_limits = ImageLimits.from_settings(w)
         self._announced: set[str] = set()
-        self._started = 0.0
 
     # ------------------------------------------------------------------ parsing
     def _content(self, message):
@@ -105,12 +104,11 @@ class ProxyWorker(BatchHandler):
         return event, ItemContent(event.content_text(), image)
 
     # ------------------------------------------------------------------ the handler
-    def order(self, records: list) -> list:
+    def prepare(self, records: list) -> list:
         """Before a batch: the service picks up newer heads (re-proxy, realign)."""
-        self._started = time.time()
-        self.service.refresh()
         if self.stats.first_batch_at is None:
-            self.stats.first_batch_at = self._started
+            self.stats.first_batch_at = time.time()
+        self.service.refresh()
         return records
 
     def handle(self, records: list) -> None:
@@ -118,11 +116,10 @@ class ProxyWorker(BatchHandler):
 
     def after_commit(self, records: list, seconds: float) -> None:
         self.stats.finished_at = time.time()
-        took = self.stats.finished_at - self._started
-        if took > SLOW_BATCH_S:
-            log.warning("slow batch: %d records in %.1f s", len(records), took)
+        if seconds > SLOW_BATCH_S:
+            log.warning("slow batch: %d records in %.1f s", len(records), seconds)
         self.stats.batches += 1
-        self.stats.batch_seconds.append(took)
+        self.stats.batch_seconds.append(seconds)
         self.stats.dead_letters = self.dlq.count
 
     def process(self, messages: list) -> None:
