@@ -182,8 +182,6 @@ def _start_trainers(sup, plan: Plan, settings: Settings) -> None:
             "--schedule",
             "--interval-s",
             str(plan.realign_interval_s),
-            "--trainer-state",
-            str(r / "trainer-id-only"),
             "--state-dir",
             str(r / "realign"),
         ],

@@ -140,6 +140,7 @@ def _store_versions(plan) -> tuple[list[str], str | None, int, list[float]]:
     """(published versions, the active one, its item count, publish times of the coarse
     versions, i.e. the re-alignments) from the run's store."""
     from store import ProxyStore
+    from trainer.realign_cli import REALIGN_PREFIX
 
     path = plan.run_dir / "store"
     if not path.exists():
@@ -152,7 +153,7 @@ def _store_versions(plan) -> tuple[list[str], str | None, int, list[float]]:
         coarse = sorted(
             v.published_at
             for v in infos
-            if v.published_at is not None and v.version.startswith("proxy-")
+            if v.published_at is not None and v.version.startswith(REALIGN_PREFIX)
         )
     return published, active, count, coarse
 

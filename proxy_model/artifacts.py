@@ -1,58 +1,134 @@
-"""Versioned model artefacts: safetensors weights plus a JSON manifest. Never pickle.
+"""The artefact store: model state as single safetensors files, addressed by URI + sha256.
 
-Layout: ``<root>/<version>/weights.safetensors`` and ``<root>/<version>/manifest.json``;
-``<root>/LATEST`` names the newest version (written last, atomically, so a reader never
-sees a half-written bundle). The version is a content hash of the weights and manifest.
+One artefact is one file ``<root>/<id>.safetensors``; its JSON manifest rides in the
+safetensors header metadata (key ``manifest``), so weights and manifest travel and are
+checked together. Never pickle. The root is any fsspec URL: a local folder by default
+(``model.artifacts_dir``), ``s3://…``/``gs://…``/``memory://…`` with the matching fsspec
+backend installed.
+
+* ``save`` writes the file under a temporary name, then moves it into place, and returns an
+  :class:`ArtifactRef` (id, uri, sha256 of the file's bytes). The id is a content hash
+  (``<kind>-<12 hex>``), so saving the same state twice is the same artefact.
+* ``load(ref)`` reads the file and raises :class:`ArtifactIntegrityError` when its bytes do
+  not hash to ``ref.sha256``: a reader never runs weights that are not the announced ones.
+
+Who is told about an artefact is not this module's job: writers announce refs on the
+compacted ``models`` topic (``streams/model_feed.py``).
+
+>>> import torch, tempfile
+>>> store = ArtifactStore(tempfile.mkdtemp())
+>>> ref = store.save({"head": {"w": torch.ones(2)}}, {"kind": "bundle"})
+>>> artifact = store.load(ref)
+>>> artifact.states["head"]["w"].tolist(), artifact.manifest["id"] == ref.id
+([1.0, 1.0], True)
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
+import struct
 import time
-from pathlib import Path
+import uuid
+from dataclasses import dataclass
 from typing import Any
 
+import fsspec
 import torch
-from safetensors.torch import load_file, save_file
+from pydantic import BaseModel
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
 from torch import nn
 
+MAX_ARTIFACT_BYTES = 1 << 30  # a reader refuses a larger file before hashing it
 
-def save_bundle(root: Path, modules: dict[str, nn.Module], manifest: dict[str, Any]) -> str:
-    """Saves the modules' state dicts (keys ``<module>.<param>``); returns the version."""
-    tensors = {
-        f"{name}.{key}": value.detach().cpu().contiguous()
+
+class ArtifactIntegrityError(ValueError):
+    """The bytes at an artefact's URI are not the announced ones (checksum or format)."""
+
+
+class ArtifactRef(BaseModel):
+    """Where an artefact is and what its bytes hash to."""
+
+    id: str
+    uri: str
+    sha256: str
+
+
+States = dict[str, dict[str, torch.Tensor]]  # {module: state_dict}
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A loaded artefact: its id, {module: state_dict} and manifest."""
+
+    id: str
+    states: States
+    manifest: dict[str, Any]
+
+
+def module_states(modules: dict[str, nn.Module]) -> States:
+    """{name: module} -> {name: detached CPU state dict}."""
+    return {
+        name: {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
         for name, module in modules.items()
-        for key, value in module.state_dict().items()
     }
-    h = hashlib.sha256(json.dumps(manifest, sort_keys=True).encode())
-    for key in sorted(tensors):
-        h.update(key.encode())
-        h.update(tensors[key].float().numpy().tobytes())
-    version = manifest.get("kind", "bundle") + "-" + h.hexdigest()[:12]
-    folder = root / version
-    folder.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(folder / "weights.safetensors"))
-    full = {**manifest, "version": version, "created_at": time.time(), "modules": list(modules)}
-    (folder / "manifest.json").write_text(json.dumps(full, indent=2, sort_keys=True))
-    tmp = root / "LATEST.tmp"
-    tmp.write_text(version)
-    os.replace(tmp, root / "LATEST")
-    return version
 
 
-def latest_version(root: Path) -> str | None:
-    pointer = root / "LATEST"
-    return pointer.read_text().strip() if pointer.is_file() else None
+class ArtifactStore:
+    """Saves and loads artefacts under one fsspec root URL (a local folder by default)."""
+
+    def __init__(self, root: str) -> None:
+        self.root = str(root).rstrip("/")
+        self.fs, self.path = fsspec.core.url_to_fs(self.root)
+
+    def save(self, states: States, manifest: dict[str, Any]) -> ArtifactRef:
+        """Writes ``states`` + ``manifest`` as one file; returns its ref (id, uri, sha256)."""
+        tensors = {f"{name}.{key}": value for name, s in states.items() for key, value in s.items()}
+        h = hashlib.sha256(json.dumps(manifest, sort_keys=True).encode())
+        for key in sorted(tensors):
+            h.update(key.encode())
+            h.update(tensors[key].float().numpy().tobytes())
+        artefact_id = f"{manifest.get('kind', 'bundle')}-{h.hexdigest()[:12]}"
+        full = {**manifest, "id": artefact_id, "created_at": time.time(), "modules": list(states)}
+        data = save_safetensors(tensors, metadata={"manifest": json.dumps(full, sort_keys=True)})
+        path = f"{self.path}/{artefact_id}.safetensors"
+        self.fs.makedirs(self.path, exist_ok=True)
+        tmp = f"{self.path}/.tmp-{uuid.uuid4().hex}"
+        self.fs.pipe_file(tmp, data)
+        self.fs.mv(tmp, path)
+        return ArtifactRef(
+            id=artefact_id,
+            uri=self.fs.unstrip_protocol(path),
+            sha256=hashlib.sha256(data).hexdigest(),
+        )
+
+    @staticmethod
+    def load(ref: ArtifactRef) -> Artifact:
+        """The artefact ``ref`` names, after checking its sha256."""
+        fs, path = fsspec.core.url_to_fs(ref.uri)
+        size = fs.size(path)
+        if size is None or size > MAX_ARTIFACT_BYTES:
+            raise ArtifactIntegrityError(f"{ref.uri}: {size} bytes, limit {MAX_ARTIFACT_BYTES}")
+        data = fs.cat_file(path)
+        digest = hashlib.sha256(data).hexdigest()
+        if digest != ref.sha256:
+            raise ArtifactIntegrityError(
+                f"{ref.uri}: sha256 {digest[:12]}… is not the announced {ref.sha256[:12]}…"
+            )
+        try:
+            manifest = json.loads(_metadata(data)["manifest"])
+            tensors = load_safetensors(data)
+        except Exception as exc:  # a well-hashed file that is not ours
+            raise ArtifactIntegrityError(f"{ref.uri}: not an artefact ({exc})") from exc
+        states: States = {name: {} for name in manifest["modules"]}
+        for key, value in tensors.items():
+            name, param = key.split(".", 1)
+            states[name][param] = value
+        return Artifact(ref.id, states, manifest)
 
 
-def load_bundle(root: Path, version: str) -> tuple[dict[str, dict[str, torch.Tensor]], dict]:
-    """Returns ({module: state_dict}, manifest) of one saved version."""
-    folder = root / version
-    manifest = json.loads((folder / "manifest.json").read_text())
-    states: dict[str, dict[str, torch.Tensor]] = {name: {} for name in manifest["modules"]}
-    for key, value in load_file(str(folder / "weights.safetensors")).items():
-        name, param = key.split(".", 1)
-        states[name][param] = value
-    return states, manifest
+def _metadata(data: bytes) -> dict[str, str]:
+    """The ``__metadata__`` of a safetensors file: 8-byte little-endian header size + JSON."""
+    (size,) = struct.unpack("<Q", data[:8])
+    return json.loads(data[8 : 8 + size]).get("__metadata__") or {}

@@ -13,13 +13,12 @@ from __future__ import annotations
 import copy
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from PIL import Image
 
 from idproxy.settings import TINY_MODEL
-from proxy_model.artifacts import latest_version, load_bundle
+from proxy_model.artifacts import Artifact
 from proxy_model.device import pick_device
 from proxy_model.encoder import ItemContent, MultimodalEncoder, build_default_encoder
 from proxy_model.encoder import build_tiny_encoder as _tiny_encoder
@@ -67,7 +66,6 @@ class ProxyService:
         *,
         proxy_version: str,
         max_image_bytes: int = 4 << 20,
-        bundle_root: Path | None = None,
         bundle: str | None = None,
         announces_version: bool = True,
         image_limits: ImageLimits | None = None,
@@ -79,41 +77,41 @@ class ProxyService:
         self.encoder_version = featurizer.version()
         self.max_image_bytes = max_image_bytes
         self.image_limits = image_limits or ImageLimits(max_bytes=max_image_bytes)
-        self.bundle_root = bundle_root
-        self.bundle = bundle  # the loaded bundle's folder name, None for fresh heads
+        self.bundle = bundle  # the loaded bundle's id, None for fresh heads
         # False when the bundle's creator (trainer re-proxy, realign) already published the
         # complete version with its VersionCommit: workers then only append new items to it
         self.announces_version = announces_version
 
-    def refresh(self) -> bool:
-        """Loads the heads of a newer LATEST bundle (same encoder); True if they changed.
+    def apply_bundle(self, bundle: Artifact) -> bool:
+        """Loads the heads of an announced bundle (same encoder); True if they changed.
 
         Only φ and φ̃/gate change; pooling, projector and layer groups belong to the encoder
-        version, so features stay comparable. Cheap when nothing changed (reads one file).
+        version, so features stay comparable. A bundle for another encoder or with other
+        shapes is logged and ignored: the service keeps the heads it has.
         """
-        if self.bundle_root is None:
+        if bundle.id == self.bundle:
             return False
-        latest = latest_version(self.bundle_root)
-        if latest is None or latest == self.bundle:
-            return False
-        states, manifest = load_bundle(self.bundle_root, latest)
-        self.bundle = latest  # looked at: a bundle that does not fit is not retried
+        self.bundle = bundle.id  # looked at: a bundle that does not fit is not retried
+        manifest = bundle.manifest
         if manifest.get("encoder_name") != self.featurizer.encoder.name:
-            log.error("bundle %s is for another encoder: kept %s", latest, self.proxy_version)
+            log.error("bundle %s is for another encoder: kept %s", bundle.id, self.proxy_version)
             return False
         try:
             coarse, fine = copy.deepcopy(self.coarse), copy.deepcopy(self.fine)
-            coarse.load_state_dict(states["coarse"])
-            fine.load_state_dict(states["fine"])
+            coarse.load_state_dict(bundle.states["coarse"])
+            fine.load_state_dict(bundle.states["fine"])
             fine.input_transform = manifest.get("fine_input", "none")
         except (KeyError, RuntimeError) as exc:
             log.error(
-                "bundle %s does not fit these heads (%s): kept %s", latest, exc, self.proxy_version
+                "bundle %s does not fit these heads (%s): kept %s",
+                bundle.id,
+                exc,
+                self.proxy_version,
             )
             return False
         self.coarse, self.fine = coarse.eval(), fine.eval()
-        self.proxy_version, self.announces_version = _bundle_version(latest, manifest)
-        log.info("proxy heads reloaded from bundle %s (version %s)", latest, self.proxy_version)
+        self.proxy_version, self.announces_version = _bundle_version(bundle)
+        log.info("proxy heads loaded from bundle %s (version %s)", bundle.id, self.proxy_version)
         return True
 
     @property
@@ -153,19 +151,19 @@ class ProxyService:
         coarse_hidden: int,
         adaptor_hidden: int,
         n_groups: int,
-        bundle_root: Path | None = None,
+        bundle: Artifact | None = None,
         seed: int = 0,
         max_image_bytes: int = 4 << 20,
         image_limits: ImageLimits | None = None,
     ) -> ProxyService:
-        """Loads the newest bundle under ``bundle_root`` for this encoder, else fresh heads.
+        """Heads from ``bundle`` (an announced bundle of this encoder), else fresh heads.
 
         Fresh heads are seeded and marked ``untrained`` in the proxy version, and the layer
         groups come from :data:`PROBE_TEXTS`.
         """
         torch.manual_seed(seed)
-        version = latest_version(bundle_root) if bundle_root else None
-        states, manifest = load_bundle(bundle_root, version) if version else ({}, {})
+        version = bundle.id if bundle else None
+        states, manifest = (bundle.states, bundle.manifest) if bundle else ({}, {})
         if manifest and manifest.get("encoder_name") != encoder.name:
             log.warning(
                 "bundle %s is for %s, not %s: ignored",
@@ -194,31 +192,30 @@ class ProxyService:
             log.warning("no trained proxy bundle found: using seeded, untrained heads")
             proxy_version, announces = f"untrained-seed{seed}", True
         else:
-            proxy_version, announces = _bundle_version(version, manifest)
+            proxy_version, announces = _bundle_version(bundle)
         return cls(
             featurizer,
             coarse,
             fine,
             proxy_version=proxy_version,
             max_image_bytes=max_image_bytes,
-            bundle_root=bundle_root,
             bundle=version,
             announces_version=announces,
             image_limits=image_limits,
         )
 
     @classmethod
-    def from_settings(cls, settings, bundle_root: Path | None = None) -> ProxyService:
+    def from_settings(cls, settings, bundle: Artifact | None = None) -> ProxyService:
         """Real weights (SmolLM2 + Lite0 unless ``model.lm_path``/``model.vision`` say otherwise),
         or the tiny random encoder under the tiny profile (``model.encoder = "tiny"``); heads
-        from the newest bundle under ``bundle_root`` (default ``model.artifacts_dir``)."""
+        from ``bundle`` (the newest announced one, ``streams.model_feed``) when given."""
         m = settings.model
         if m.encoder == "tiny":  # the tiny profile: random weights, same interface
             return cls.tiny(
                 id_dim=m.id_dim,
                 coarse_hidden=m.coarse_hidden,
                 adaptor_hidden=m.adaptor_hidden,
-                bundle_root=bundle_root or Path(m.artifacts_dir),
+                bundle=bundle,
             )
         encoder = build_default_encoder(
             settings.cache_dir,
@@ -235,7 +232,7 @@ class ProxyService:
             coarse_hidden=m.coarse_hidden,
             adaptor_hidden=m.adaptor_hidden,
             n_groups=m.n_layer_groups,
-            bundle_root=bundle_root or Path(m.artifacts_dir),
+            bundle=bundle,
             max_image_bytes=settings.worker.max_image_bytes,
             image_limits=ImageLimits.from_settings(settings.worker),
         )
@@ -245,12 +242,12 @@ class ProxyService:
         cls,
         seed: int = 0,
         id_dim: int = TINY_MODEL["id_dim"],
-        bundle_root: Path | None = None,
+        bundle: Artifact | None = None,
         coarse_hidden: int = TINY_MODEL["coarse_hidden"],
         adaptor_hidden: int = TINY_MODEL["adaptor_hidden"],
     ) -> ProxyService:
         """Tiny random model with the same interface, for tests (loads in well under 1 s);
-        heads from a bundle under ``bundle_root`` when one was saved for this encoder."""
+        heads from ``bundle`` when given."""
         encoder = _tiny_encoder(seed=seed).to(pick_device("cpu"))
         return cls.assemble(
             encoder,
@@ -259,15 +256,16 @@ class ProxyService:
             adaptor_hidden=adaptor_hidden,
             n_groups=3,
             seed=seed,
-            bundle_root=bundle_root,
+            bundle=bundle,
         )
 
 
-def _bundle_version(bundle: str, manifest: dict) -> tuple[str, bool]:
+def _bundle_version(bundle: Artifact) -> tuple[str, bool]:
     """(proxy version the bundle's proxies are published under, whether workers announce it).
 
     A bundle saved by the trainer's re-proxy or by realign names the complete version its
     creator published (``proxy_version``, ``announced``); other bundles (``idproxy align``)
     are their own version, announced by the workers as items arrive.
     """
-    return manifest.get("proxy_version", bundle), not manifest.get("announced", False)
+    manifest = bundle.manifest
+    return manifest.get("proxy_version", bundle.id), not manifest.get("announced", False)

@@ -1,8 +1,8 @@
 """Event schemas (pydantic, each with a schema version) and their wire formats.
 
-* JSON events: ``ItemUploaded``, ``Click``, ``VersionCommit``, ``DeadLetter``. Parsing is
-  strict: unknown fields, wrong types or a wrong ``schema_version`` raise
-  :class:`EventError`, whose message is the DLQ reason.
+* JSON events: ``ItemUploaded``, ``Click``, ``VersionCommit``, ``ModelAnnouncement``,
+  ``DeadLetter``. Parsing is strict: unknown fields, wrong types or a wrong
+  ``schema_version`` raise :class:`EventError`, whose message is the DLQ reason.
 * Vector records (``ItemFeaturesRecord``, ``ProxyRecordEvent``) travel as a compact binary
   frame, not JSON floats::
 
@@ -115,6 +115,25 @@ class VersionCommit(_Event):
     )
     expected_items: int = Field(ge=1, description="items the version must hold to be published")
     kind: Literal["proxies"] = Field("proxies", description="what is versioned")
+    created_at: float = Field(default_factory=time.time, description="Unix seconds")
+
+
+class ModelAnnouncement(_Event):
+    """A model artefact on the compacted ``models`` topic (key = ``key``; the newest wins).
+
+    ``kind`` "bundle": proxy heads (coarse φ, fine φ̃, normaliser, pooling), key "bundle";
+    "snapshot": an online trainer's ID table (ids, rows, update counts) and fine head, key
+    "snapshot/<variant>". The file is at ``uri`` in the artefact store; readers load it
+    only if its bytes hash to ``sha256`` (``proxy_model.artifacts``).
+    """
+
+    key: str = Field(pattern=r"^[A-Za-z0-9._/-]{1,96}$", description="compaction key")
+    id: str = Field(pattern=r"^[A-Za-z0-9._-]{1,96}$", description="artefact id")
+    kind: Literal["bundle", "snapshot"]
+    parent: str | None = Field(None, description="the artefact this one was derived from")
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="of the file's bytes")
+    uri: str = Field(max_length=2048, description="fsspec URI of the safetensors file")
+    producer: str = Field(max_length=96, description="the component that wrote it")
     created_at: float = Field(default_factory=time.time, description="Unix seconds")
 
 

@@ -7,6 +7,7 @@ One file per topic or record in the top-level ``schemas/`` folder (``SCHEMA_DIR`
 | ``items.schema.json`` | items | ItemUploaded | validation (what is accepted) |
 | ``clicks.schema.json`` | clicks | Click | validation |
 | ``control.schema.json`` | control | VersionCommit | validation |
+| ``models.schema.json`` | models | ModelAnnouncement | validation |
 | ``dlq.schema.json`` | dlq | DeadLetter | serialization (what is written) |
 | ``samples.frame-header.schema.json`` | samples | the JSON header of an IDPF frame (typed columns) |
 | ``item-features.frame-header.schema.json`` | item-features | the JSON header of an IDPF frame |
@@ -63,6 +64,10 @@ SPECS: tuple[SchemaSpec, ...] = (
     SchemaSpec("items", "items", "item id (UTF-8)", "ItemUploaded", "validation"),
     SchemaSpec("clicks", "clicks", "user id (UTF-8)", "Click", "validation"),
     SchemaSpec("control", "control", "the version (UTF-8)", "VersionCommit", "validation"),
+    SchemaSpec(
+        "models", "models", '"bundle" or "snapshot/<variant>" (UTF-8)', "ModelAnnouncement",
+        "validation",
+    ),  # fmt: skip
     SchemaSpec(
         "dlq",
         "dlq",

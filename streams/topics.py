@@ -9,6 +9,7 @@
 | item-features (compacted) | item id | ItemFeaturesRecord (binary frame) |
 | proxies (compacted) | "<version>/<item id>" | ProxyRecordEvent (binary frame) |
 | control (compacted) | version | VersionCommit |
+| models (compacted) | "bundle" or "snapshot/<trainer>" | ModelAnnouncement (JSON) |
 | dlq | source key | DeadLetter (``max.message.bytes`` = ``DLQ_MAX_BYTES``: a letter holds
   a record of the broker's limit in base64) |
 
@@ -53,6 +54,7 @@ class Topics:
     item_features: str
     proxies: str
     control: str
+    models: str
     dlq: str
 
     @classmethod
@@ -67,6 +69,7 @@ class Topics:
             item_features=f"{p}item-features",
             proxies=f"{p}proxies",
             control=f"{p}control",
+            models=f"{p}models",
             dlq=f"{p}dlq",
         )
 
@@ -79,6 +82,7 @@ class Topics:
             TopicSpec(self.item_features, partitions, COMPACTED),
             TopicSpec(self.proxies, partitions, COMPACTED),
             TopicSpec(self.control, 1, COMPACTED),
+            TopicSpec(self.models, 1, COMPACTED),
             TopicSpec(self.dlq, 1, {"max.message.bytes": str(DLQ_MAX_BYTES)}),
             *(TopicSpec(self.changelog(t), partitions, COMPACTED) for t in PROCESSOR_TABLES),
         ]

@@ -53,9 +53,12 @@ class WorkerStats:
 class ProxyWorker(BatchHandler):
     """The batch handler of the worker's consume loop (``streams/consume_loop.py``)."""
 
-    def __init__(self, settings: Settings, broker, service, *, client_id: str = "worker") -> None:
+    def __init__(
+        self, settings: Settings, broker, service, *, client_id: str = "worker", models=None
+    ) -> None:
         from proxy_model.vision import ImageLimits
         from streams.consume_loop import ConsumeLoop
+        from streams.model_feed import ModelFeed
 
         w = settings.worker
         self.settings = settings
@@ -74,6 +77,8 @@ class ProxyWorker(BatchHandler):
         )
         self.topics, self.producer, self.dlq = self.loop.topics, self.loop.producer, self.loop.dlq
         self.consumer = self.loop.consumer
+        # the ``models`` topic: a newly announced bundle replaces the heads between batches
+        self.models = models or ModelFeed(settings, broker, self.topics)
         self.stats = WorkerStats()
         self.image_limits = ImageLimits.from_settings(w)
         self._announced: set[str] = set()
@@ -105,11 +110,19 @@ class ProxyWorker(BatchHandler):
 
     # ------------------------------------------------------------------ the handler
     def prepare(self, records: list) -> list:
-        """Before a batch: the service picks up newer heads (re-proxy, realign)."""
+        """Before a batch: the heads of a newly announced bundle (re-proxy, realign)."""
         if self.stats.first_batch_at is None:
             self.stats.first_batch_at = time.time()
-        self.service.refresh()
+        self.refresh_heads()
         return records
+
+    def refresh_heads(self) -> bool:
+        """Applies the newest bundle announced since the last call; True if heads changed."""
+        from streams.model_feed import BUNDLE_KEY
+
+        bundles = [a for a in self.models.poll() if a.key == BUNDLE_KEY]
+        bundle = self.models.load(bundles[-1]) if bundles else None
+        return bundle is not None and self.service.apply_bundle(bundle)
 
     def handle(self, records: list) -> None:
         self.process(records)
@@ -231,7 +244,10 @@ class ProxyWorker(BatchHandler):
         self, *, idle_exit_s: float | None = None, max_batches: int | None = None
     ) -> WorkerStats:
         """Loops until SIGTERM/SIGINT, ``idle_exit_s`` without input, or ``max_batches``."""
-        self.loop.run(self, idle_exit_s=idle_exit_s, max_batches=max_batches)
+        try:
+            self.loop.run(self, idle_exit_s=idle_exit_s, max_batches=max_batches)
+        finally:
+            self.models.close()
         return self.stats
 
 
@@ -263,15 +279,20 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     from idproxy.settings import tiny_profile
     from proxy_model.service import ProxyService
     from streams.broker import external_broker
+    from streams.kafka_config import common_config
+    from streams.model_feed import BUNDLE_KEY, ModelFeed
+    from streams.topics import ensure_topics
 
     if not settings.kafka.bootstrap:
         print("error: set IDPROXY_KAFKA_BOOTSTRAP (e.g. from `idproxy broker`)")
         return 2
     if args.tiny:
         settings = tiny_profile(settings)
-    service = ProxyService.from_settings(settings)
     broker = external_broker(settings)
-    worker = ProxyWorker(settings, broker, service, client_id=args.client_id)
+    models = ModelFeed(settings, broker, ensure_topics(settings, common_config(settings, broker)))
+    models.catch_up()  # start on the newest announced bundle
+    service = ProxyService.from_settings(settings, models.load(models.latest(BUNDLE_KEY)))
+    worker = ProxyWorker(settings, broker, service, client_id=args.client_id, models=models)
     print(f"worker {args.client_id} ready (proxy version {service.proxy_version})", flush=True)
     stats = worker.run(idle_exit_s=args.idle_exit)
     print(

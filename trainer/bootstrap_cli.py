@@ -5,10 +5,10 @@ Before the live stream, on the ``samples`` already in the topic (the history per
 1. **ID-only ranker.** The id-only online trainer consumes the history samples until the
    topic is idle, checkpoints (offsets included) and stops. This is the base ranker whose
    ID table Stage 1 aligns to.
-2. **Stage 1.** ``realign --once`` on that checkpoint: φ is fitted (PAL) to the ID table's
-   rows with ≥ τ updates, ℓ2-normalised, on the cached features z from ``item-features``;
-   the accepted bundle is saved and p_coarse, p_fine of every item are published as a new
-   proxies version.
+2. **Stage 1.** ``realign --once`` on the snapshot that checkpoint announced: φ is fitted
+   (PAL) to the ID table's rows with ≥ τ updates, ℓ2-normalised, on the cached features z
+   from ``item-features``; p_coarse, p_fine of every item are published as a new proxies
+   version and the accepted bundle is announced on ``models``.
 3. **Stage 2 pretraining.** The idproxy online trainer consumes the same history samples
    with the new p_coarse: the ranker, the fusion, the adaptor φ̃ and the gate learn; it
    checkpoints and re-proxies, so the bundle's fine head and the published p_fine are the
@@ -16,8 +16,7 @@ Before the live stream, on the ``samples`` already in the topic (the history per
 
 Afterwards ``idproxy trainer --variant id-only|idproxy`` on the same state folders resume
 from these checkpoints at the end of the history period, and the scheduled re-alignment
-(``idproxy realign --schedule --trainer-state <id-only state>``) keeps φ aligned to the
-live ID-only table. Each variant saw the history once, so the live comparison is paired.
+(``idproxy realign --schedule``) keeps φ aligned to the live ID-only table. Each variant saw the history once, so the live comparison is paired.
 Prints one JSON line.
 """
 
@@ -41,7 +40,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--idle-exit", type=float, default=5.0, help="a trainer stops after this many idle seconds"
     )
-    parser.add_argument("--artifacts-dir", help="proxy bundles (default model.artifacts_dir)")
     parser.add_argument("--tiny", action="store_true", help="tiny random encoder heads (tests)")
 
 
@@ -55,7 +53,6 @@ def _train_history(settings: Settings, broker, args, variant: str, state: str) -
         state_dir=Path(state),
         group=f"idproxy-trainer-{variant}",
         reproxy=True,
-        artifacts_dir=Path(args.artifacts_dir or settings.model.artifacts_dir),
     )
     print(f"bootstrap: {variant} ranker on the history period", flush=True)
     summary = trainer.run(idle_exit_s=args.idle_exit)
@@ -76,8 +73,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     result["id_only"] = _train_history(settings, broker, args, "id-only", args.id_only_state)
     print("bootstrap: Stage 1 (φ on the id-only ranker's ID table)", flush=True)
     realign_args = argparse.Namespace(
-        trainer_state=args.id_only_state,
-        artifacts_dir=args.artifacts_dir,
+        snapshot_of="id-only",
         tiny=args.tiny,
         shuffle_targets=False,
         state_dir=None,  # realign's own default

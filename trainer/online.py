@@ -32,7 +32,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-import uuid
 from collections import deque
 from pathlib import Path
 
@@ -42,12 +41,12 @@ from kafka.errors import KafkaError
 from idproxy.settings import Settings
 from streams.lifecycle import commit_or_log, poll_or_wait, stop_signals
 from trainer.checkpoint import CheckpointDir
-from trainer.item_cache import REPROXY_PREFIX, ContentReader, ItemCache
+from trainer.item_cache import ContentReader, ItemCache
 from trainer.online_core import TrainerCore
 from trainer.online_model import Variant
 from trainer.online_report import TrainerMetrics, append_line, cumulative_summary, finite
 from trainer.online_state import checkpoint_manifest, fresh_shape, new_core, restore_core
-from trainer.reproxy import ChurnGate, bundle_fine, publish_proxies, save_fine_bundle
+from trainer.reproxy import ModelPublisher, bundle_fine
 from trainer.sample_decoder import record_samples
 
 log = logging.getLogger(__name__)
@@ -69,7 +68,6 @@ class OnlineTrainer:
         state_dir: Path,
         group: str,
         reproxy: bool,
-        artifacts_dir: Path,
         metrics_port: int = 0,
     ) -> None:
         from kafka import KafkaConsumer, KafkaProducer, TopicPartition
@@ -86,9 +84,10 @@ class OnlineTrainer:
         self.state_dir = Path(state_dir)
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.do_reproxy = reproxy and variant == "idproxy"
-        self.artifacts_dir = Path(artifacts_dir)
         self.topics = ensure_topics(settings, common_config(settings, broker))
         self.producer = KafkaProducer(**producer_config(settings, broker))
+        # bundles in; re-proxy versions, bundles and snapshots out
+        self.publisher = ModelPublisher(settings, broker, self.producer, self.topics, variant)
         self.dlq = DeadLetterSink(self.producer, self.topics.dlq, component="trainer")
         self.cache = ItemCache()
         content_markers = self.state_dir / "inflight-content.json"
@@ -114,9 +113,6 @@ class OnlineTrainer:
         self._prom = TrainerMetrics(metrics_port, settings.metrics_host)
         self.core = self._setup()
         self.last_checkpoint_at = self.last_reproxy_at = self.last_report_at = time.time()
-        self.reproxied_items = 0  # items in the last re-proxy version
-        self.churn = ChurnGate(settings.trainer.reproxy_min_change)
-        self.proxy_change: float | None = None  # the last re-proxy's movement (ChurnGate)
 
     # ------------------------------------------------------------------ setup
     def _setup(self) -> TrainerCore:
@@ -150,7 +146,8 @@ class OnlineTrainer:
                 log.info("waiting for the first item-features record (model dims)")
                 self.reader.poll(timeout_ms=1000)
             hidden, groups = self.cache.dims or (1, 1)
-            fine = bundle_fine(self.artifacts_dir, hidden, groups, self.settings.model.id_dim)
+            bundle = self.publisher.newest_bundle()
+            fine = bundle_fine(bundle, hidden, groups, self.settings.model.id_dim)
         shape = fresh_shape(self.settings, self.variant, self.cache.dims, fine)
         core = new_core(self.settings, self.variant, shape, fine, self.cache, self.dlq.send)
         for tp in self.partitions:
@@ -302,6 +299,10 @@ class OnlineTrainer:
         self.last_checkpoint_at = time.time()
         self._prom.checkpointed()
         log.info("checkpoint %s: %d samples, offsets %s", version, core.samples, core.offsets)
+        try:
+            self.publisher.snapshot(self.core.model, version, self.core.samples)
+        except KafkaError as exc:  # the broker is away: the next checkpoint announces one
+            log.warning("snapshot of %s not announced (%s)", version, exc)
         t = self.settings.trainer
         every, period = t.reproxy_every_checkpoints, t.reproxy_every_s
         by_count = every > 0 and self.checkpoints % every == 0
@@ -320,41 +321,14 @@ class OnlineTrainer:
             return False
         self.reader.poll()
         ready = sum(1 for i in self.cache.items if self.cache.ready(i))
-        return ready > self.reproxied_items
+        return ready > self.publisher.reproxied_items
 
-    @torch.no_grad()
     def reproxy(self) -> str | None:
         """p_fine of every cached item from its features alone -> a new proxies version."""
         self.reader.poll()
-        ids = [i for i in self.cache.items if self.cache.ready(i)]
-        if not ids:
-            return None
-        model = self.core.model
-        pc, zg, _ = self.cache.gather(ids, model.shape.dim)
-        fine = torch.cat(
-            [model.fine_head(pc[k : k + 1024], zg[k : k + 1024]) for k in range(0, len(ids), 1024)]
-        )
-        publish, self.proxy_change = self.churn.decide(ids, fine)
         self.last_reproxy_at = time.time()
-        if not publish:
-            log.info("re-proxy skipped: proxies moved %.4f on average", self.proxy_change)
-            return None
-        version = f"{REPROXY_PREFIX}{self.last_checkpoint}-{uuid.uuid4().hex[:6]}"
-        self.churn.published(ids, fine)
-        publish_proxies(self.producer, self.topics, version, ids, self.cache, pc, fine)
-        self.proxy_version = version
-        self.reproxied_items = len(ids)
-        bundle = save_fine_bundle(
-            self.artifacts_dir,
-            model.fine_head,
-            {
-                "proxy_version": version,
-                "announced": True,
-                "checkpoint": self.last_checkpoint,
-                "fine_input": model.fine_head.input_transform,
-            },
-        )
-        log.info("re-proxy %s: %d items (bundle %s)", version, len(ids), bundle)
+        version = self.publisher.reproxy(self.core.model, self.cache, self.last_checkpoint)
+        self.proxy_version = version or self.proxy_version
         return version
 
     def report(self) -> dict:
@@ -374,9 +348,9 @@ class OnlineTrainer:
             "window_new": len(core.metrics_new),
             "checkpoint": self.last_checkpoint,
             "proxy_version": self.proxy_version,
-            "proxy_change": self.proxy_change,
-            "proxy_versions": self.churn.versions,
-            "reproxies_skipped": self.churn.skipped,
+            "proxy_change": self.publisher.proxy_change,
+            "proxy_versions": self.publisher.churn.versions,
+            "reproxies_skipped": self.publisher.churn.skipped,
         }
         append_line(self.state_dir / "metrics.jsonl", line)
         self.last_report_at = time.time()
@@ -397,3 +371,4 @@ class OnlineTrainer:
         self.producer.close()
         self.consumer.close(autocommit=False)
         self.reader.close()
+        self.publisher.close()

@@ -16,7 +16,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--idle-exit", type=float, help="exit after this many idle seconds")
     parser.add_argument("--metrics-port", type=int, default=0, help="Prometheus port; 0 = off")
     parser.add_argument("--no-reproxy", action="store_true", help="never publish re-proxies")
-    parser.add_argument("--artifacts-dir", help="proxy bundles (default model.artifacts_dir)")
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
@@ -34,7 +33,6 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         state_dir=Path(args.state_dir or cache / "trainer"),
         group=args.group or f"idproxy-trainer-{args.variant}",
         reproxy=not args.no_reproxy,
-        artifacts_dir=Path(args.artifacts_dir or settings.model.artifacts_dir),
         metrics_port=args.metrics_port,
     )
     print(f"trainer ready ({args.variant}, resumed from {trainer.last_checkpoint})", flush=True)

@@ -1,25 +1,26 @@
 """`idproxy realign`: Stage-1 re-alignment of φ to the ID-only ranker's drifting ID table.
 
-The targets are the ID rows of the **ID-only** trainer (``--trainer-state``), as the paper
+The targets are the ID rows of the **ID-only** trainer (``--snapshot-of``), as the paper
 aligns to the base ranker's ID embeddings; the IDProxy trainer's own table would align φ
 to a table that already leans on the proxies.
 
 One run (``--once``, or every ``realign_interval_s`` with ``--schedule``):
 
-1. loads the trainer's latest checkpoint: item ids (int64, ``id_hash`` of the string ids),
-   ID rows and update counts;
+1. loads the newest snapshot the trainer announced on ``models`` (key
+   ``snapshot/<--snapshot-of>``, default the id-only trainer's; checksum verified): item ids
+   (int64, ``id_hash`` of the string ids), ID rows and update counts;
 2. reads the features z of those items from the compacted ``item-features`` topic (only
    features of the current encoder version: φ maps that encoder's z), matching a
    feature record's string item id to a row by its ``id_hash``;
-3. takes the current coarse head φ from the LATEST bundle (else the seeded, untrained
-   heads ``ProxyService.assemble`` builds) and calls ``trainer.realign.realign_coarse_head``
+3. takes the current coarse head φ from the newest announced bundle (else the seeded,
+   untrained heads ``ProxyService.assemble`` builds) and calls ``trainer.realign.realign_coarse_head``
    (keep ≥ τ updates, ℓ2-normalise, warm-start φ, old vs new on held-out ids, guardrail);
 4. accepted: with ``trainer.realign_continuity`` (and a trained current version) rotates
    the candidate onto the current version's basis (``trainer.realign.keep_continuity``), then
-   saves a new bundle (coarse replaced; pooling, projector, fine, layer groups,
-   encoder name kept; fine = the trainer's latest adaptor when it has one) and publishes
-   p_coarse = φ_new(z), p_fine = fine(p_coarse, z_groups) for every item with features as
-   a new version (named after the bundle) followed by its VersionCommit;
+   publishes p_coarse = φ_new(z), p_fine = fine(p_coarse, z_groups) for every item with
+   features as a new version (named after the bundle) followed by its VersionCommit, and
+   announces the new bundle (coarse replaced; pooling, projector, fine, layer groups,
+   encoder name kept; fine = the newest idproxy snapshot's adaptor when it fits);
    rejected: logs why and publishes nothing.
 
 It prints one JSON line. The encoder M is not refitted here: with ``encoder_train_mode``
@@ -35,11 +36,14 @@ import argparse
 import json
 import logging
 import time
+import uuid
 from pathlib import Path
 
 from idproxy.settings import Settings, tiny_profile
 
 log = logging.getLogger(__name__)
+
+REALIGN_PREFIX = "realign-"  # the proxies versions a re-alignment publishes
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -50,10 +54,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--interval-s", type=float, help="override settings.trainer.realign_interval_s"
     )
     parser.add_argument(
-        "--trainer-state", help="the trainer's --state-dir (default <cache>/trainer)"
+        "--snapshot-of",
+        default="id-only",
+        help="the trainer variant whose announced ID table φ is aligned to (default id-only)",
     )
     parser.add_argument("--state-dir", help="scheduler state (default <cache_dir>/realign)")
-    parser.add_argument("--artifacts-dir", help="proxy bundles (default model.artifacts_dir)")
     parser.add_argument("--tiny", action="store_true", help="tiny random encoder heads (tests)")
     parser.add_argument(
         "--shuffle-targets", action="store_true", help="deliberately bad candidate (tests)"
@@ -64,31 +69,38 @@ def realign_once(settings: Settings, broker, args: argparse.Namespace) -> dict:
     """One re-alignment run; returns the JSON-able result."""
     import torch
 
-    from proxy_model.artifacts import save_bundle
+    from proxy_model.artifacts import ArtifactStore, module_states
     from proxy_model.heads import FineHead
     from proxy_model.service import ProxyService
     from streams.kafka_config import common_config, producer_config
+    from streams.model_feed import BUNDLE_KEY, ModelFeed, publish_artifact, snapshot_key
     from streams.sample_batch import id_hash
     from streams.topics import ensure_topics
-    from trainer.checkpoint import CheckpointDir, model_state
     from trainer.content import stage1_config
     from trainer.item_cache import ContentReader, ItemCache
     from trainer.realign import keep_continuity, realign_coarse_head
     from trainer.reproxy import publish_proxies
 
     cache_dir = Path(settings.cache_dir)
-    artifacts = Path(args.artifacts_dir or settings.model.artifacts_dir)
     started = time.time()
-    tensors, manifest, _ = CheckpointDir(Path(args.trainer_state or cache_dir / "trainer")).load()
-    state = model_state(tensors)
-    ids = manifest["item_table_ids"]
-    table = state["item_table.weight"][1 : len(ids) + 1]
-    counts = state["item_table.counts"][1 : len(ids) + 1]
+    topics = ensure_topics(settings, common_config(settings, broker))
+    models = ModelFeed(settings, broker, topics)
+    try:
+        models.catch_up()
+        key = snapshot_key(args.snapshot_of)
+        snapshot = models.load(models.latest(key))
+        bundle = models.load(models.latest(BUNDLE_KEY))
+    finally:
+        models.close()
+    if snapshot is None:
+        raise FileNotFoundError(f"no usable snapshot announced under {key!r} yet")
+    table_state = snapshot.states["item_table"]
+    ids = table_state["ids"].tolist()
+    table, counts = table_state["weight"], table_state["counts"]
 
     if args.tiny:
         settings = tiny_profile(settings)
-    svc = ProxyService.from_settings(settings, bundle_root=artifacts)
-    topics = ensure_topics(settings, common_config(settings, broker))
+    svc = ProxyService.from_settings(settings, bundle)
     cache = ItemCache()
     state_dir = Path(args.state_dir or cache_dir / "realign")
     reader = ContentReader(  # a killer record is skipped after N deaths (crash-loop quarantine)
@@ -108,7 +120,8 @@ def realign_once(settings: Settings, broker, args: argparse.Namespace) -> dict:
 
     result: dict = {
         "job": "realign",
-        "checkpoint": manifest["version"],
+        "snapshot": snapshot.id,
+        "checkpoint": snapshot.manifest.get("checkpoint"),
         "current_version": svc.proxy_version,
         "items_with_features": len(current),
         "items_in_table": len(ids),
@@ -157,7 +170,7 @@ def realign_once(settings: Settings, broker, args: argparse.Namespace) -> dict:
         eye = torch.eye(rotation.shape[0])
         result["continuity_rotation_fro"] = round(float(torch.linalg.norm(rotation - eye)), 4)
     fine = svc.fine
-    trained = {k[len("fine_head.") :]: v for k, v in state.items() if k.startswith("fine_head.")}
+    trained = snapshot.states.get("fine_head", {})
     if trained and all(trained[k].shape == v.shape for k, v in fine.state_dict().items()):
         fine = FineHead(
             svc.featurizer.hidden_size,
@@ -171,28 +184,37 @@ def realign_once(settings: Settings, broker, args: argparse.Namespace) -> dict:
     modules = {"pooling": svc.featurizer.pooling, "coarse": outcome.candidate, "fine": fine}
     if svc.featurizer.encoder.projector is not None:
         modules["projector"] = svc.featurizer.encoder.projector
-    version = save_bundle(
-        artifacts,
-        modules,
-        {
-            "kind": "proxy",
-            "encoder_name": svc.featurizer.encoder.name,
-            "layer_groups": svc.featurizer.layer_groups,
-            "parent": svc.proxy_version,
-            "realigned_from_checkpoint": manifest["version"],
-            "fine_trained": bool(trained),
-            "announced": True,  # published below with its VersionCommit; workers append
-            "fine_input": fine.input_transform,
-        },
-    )
+    manifest = {
+        "encoder_name": svc.featurizer.encoder.name,
+        "layer_groups": svc.featurizer.layer_groups,
+        "realigned_from_snapshot": snapshot.id,
+        "fine_trained": bool(trained),
+        "announced": True,  # published below with its VersionCommit; workers append
+        "fine_input": fine.input_transform,
+    }
+    states = module_states(modules)
+    version = f"{REALIGN_PREFIX}{uuid.uuid4().hex[:12]}"  # the proxies version the bundle serves
+    manifest["proxy_version"] = version
     with torch.no_grad():
         p_coarse = outcome.candidate(z_all)
         p_fine = fine(p_coarse, stack(current, "z_groups"))
     from kafka import KafkaProducer
 
     producer = KafkaProducer(**producer_config(settings, broker))
-    try:
+    try:  # the version first: a worker loading the bundle appends to a published version
         publish_proxies(producer, topics, version, current, cache, p_coarse, p_fine)
+        store = ArtifactStore(settings.model.artifacts_dir)
+        parent = bundle.id if bundle else None
+        publish_artifact(
+            producer,
+            topics.models,
+            store,
+            states,
+            manifest,
+            key=BUNDLE_KEY,
+            producer_name="realign",
+            parent=parent,
+        )
     finally:
         producer.close()
     return {
@@ -223,7 +245,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     def job() -> None:
         try:
             print(json.dumps(realign_once(settings, broker, args)), flush=True)
-        except FileNotFoundError as exc:  # no trainer checkpoint yet
+        except FileNotFoundError as exc:  # no trainer snapshot announced yet
             print(json.dumps({"job": "realign", "accepted": False, "reason": str(exc)}), flush=True)
 
     state_dir = Path(args.state_dir or Path(settings.cache_dir) / "realign")

@@ -14,8 +14,9 @@ Setup:
    recall@10 of the item's own ID embedding and the mean cosine, for the Stage-1 proxy, a
    CB2CF-style static MLP regression from frozen features (masked mean of the final layer,
    cosine regression), and random unit vectors.
-5. It fits once more on all warm items and saves g + φ (+ an untrained fine head) as the
-   current proxy bundle, which the streaming workers load.
+5. It fits once more on all warm items, saves g + φ (+ an untrained fine head) to the
+   artefact store and, when ``IDPROXY_KAFKA_BOOTSTRAP`` is set, announces it on ``models``
+   as the current proxy bundle, which the streaming workers load.
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from pathlib import Path
 
 from idproxy.settings import Settings
 
@@ -74,6 +74,29 @@ def _fold_reports(states, kept, targets, hold, train, settings, seed: int) -> di
     return {name: alignment_report(p[hold], targets, hold) for name, p in methods.items()}
 
 
+def _save_and_announce(settings: Settings, states, manifest: dict, console) -> str:
+    """Announces the bundle on ``models`` when a broker is configured, else only saves it."""
+    from proxy_model.artifacts import ArtifactStore
+
+    if not settings.kafka.bootstrap:
+        ref = ArtifactStore(settings.model.artifacts_dir).save(
+            states, {**manifest, "kind": "bundle"}
+        )
+        console.print(
+            f"saved proxy bundle {ref.id} at {ref.uri}; not announced: set "
+            "IDPROXY_KAFKA_BOOTSTRAP to announce it to the workers"
+        )
+        return ref.id
+    from streams.broker import external_broker
+    from streams.model_feed import BUNDLE_KEY, announce
+
+    announcement = announce(
+        settings, external_broker(settings), states, manifest, key=BUNDLE_KEY, producer_name="align"
+    )
+    console.print(f"announced proxy bundle {announcement.id} ({announcement.uri})")
+    return announcement.id
+
+
 def run(args: argparse.Namespace, settings: Settings) -> int:
     import statistics
 
@@ -84,7 +107,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
     from idproxy.movielens import load_movielens
     from proxy_model.alignment import preprocess_id_embeddings
-    from proxy_model.artifacts import save_bundle
+    from proxy_model.artifacts import module_states
     from proxy_model.encoder import default_encoder_name
     from proxy_model.heads import FineHead
     from trainer.content import fit_coarse_proxies, movielens_token_states
@@ -144,18 +167,14 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         featurizer, head = fit_coarse_proxies(states, kept, targets, settings, seed=args.seed)
         d = settings.model
         fine = FineHead(states.last.shape[-1], d.id_dim, d.adaptor_hidden, len(states.layer_groups))
-        version = save_bundle(
-            Path(settings.model.artifacts_dir),
-            {"pooling": featurizer.pooling, "coarse": head, "fine": fine},
-            {
-                "kind": "proxy",
-                "encoder_name": "tiny-quick" if args.quick else default_encoder_name(d.lm_path),
-                "layer_groups": states.layer_groups,
-                "stage1": settings.stage1.model_dump(),
-                "fine_trained": False,
-            },
-        )
-        console.print(f"saved proxy bundle {version}")
+        heads = module_states({"pooling": featurizer.pooling, "coarse": head, "fine": fine})
+        manifest = {
+            "encoder_name": "tiny-quick" if args.quick else default_encoder_name(d.lm_path),
+            "layer_groups": states.layer_groups,
+            "stage1": settings.stage1.model_dump(),
+            "fine_trained": False,
+        }
+        version = _save_and_announce(settings, heads, manifest, console)
     summary = {
         "job": "align",
         "quick": args.quick,

@@ -51,7 +51,6 @@ def main() -> int:
         state_dir=state_dir,
         group="killer-trainer",
         reproxy=False,
-        artifacts_dir=state_dir / "artifacts",
     )
     print("ready", flush=True)
     summary = trainer.run(idle_exit_s=idle_exit_s)

@@ -50,8 +50,6 @@ def _trainer(settings, broker, state: Path, group: str, *extra: str) -> CliProce
         str(state),
         "--group",
         group,
-        "--artifacts-dir",
-        str(state / "artifacts"),
         *extra,
     )
 

@@ -3,7 +3,7 @@
 import torch
 import torch.nn.functional as F
 
-from proxy_model.artifacts import latest_version, load_bundle, save_bundle
+from proxy_model.artifacts import ArtifactStore, module_states
 from proxy_model.encoder import ItemContent
 from proxy_model.features import ContentFeaturizer, TokenStates
 from proxy_model.heads import CoarseHead
@@ -38,19 +38,20 @@ def test_bundle_round_trip_restores_the_heads(tmp_path):
     svc = ProxyService.tiny(seed=5)
     with torch.no_grad():
         svc.coarse.mlp[0].weight.add_(1.0)
-    version = save_bundle(
-        tmp_path,
-        {"pooling": svc.featurizer.pooling, "coarse": svc.coarse, "fine": svc.fine},
+    store = ArtifactStore(str(tmp_path))
+    ref = store.save(
+        module_states({"pooling": svc.featurizer.pooling, "coarse": svc.coarse, "fine": svc.fine}),
         {
-            "kind": "proxy",
+            "kind": "bundle",
             "encoder_name": svc.featurizer.encoder.name,
             "layer_groups": svc.featurizer.layer_groups,
         },
     )
-    assert latest_version(tmp_path) == version
-    states, manifest = load_bundle(tmp_path, version)
-    assert manifest["version"] == version
-    assert torch.equal(states["coarse"]["mlp.0.weight"], svc.coarse.mlp[0].weight)
+    bundle = store.load(ref)
+    assert bundle.manifest["id"] == ref.id
+    assert torch.equal(bundle.states["coarse"]["mlp.0.weight"], svc.coarse.mlp[0].weight)
+    restored = ProxyService.tiny(seed=5, bundle=bundle)  # same encoder, fresh heads + bundle
+    assert torch.equal(restored.coarse.mlp[0].weight, svc.coarse.mlp[0].weight)
     assert not list(tmp_path.rglob("*.pt")) and not list(tmp_path.rglob("*.pkl"))
 
 

@@ -15,6 +15,7 @@ import signal
 from pathlib import Path
 
 import pytest
+import torch
 
 from store import open_store
 from streams.topics import ensure_topics
@@ -55,10 +56,9 @@ def test_realign_publishes_new_coarse_version_and_rejects_shuffled(
     produce(kafka_settings, broker, topics.control, control)
     produce(kafka_settings, broker, topics.samples, sample_messages(samples(6000, 40, 80)))
 
-    state, artifacts = tmp_path / "trainer", tmp_path / "artifacts"
+    state = tmp_path / "trainer"
     trainer = CliProcess(
-        kafka_settings, broker, "trainer", "--state-dir", str(state),
-        "--artifacts-dir", str(artifacts), "--idle-exit", "3",
+        kafka_settings, broker, "trainer", "--state-dir", str(state), "--idle-exit", "3",
     )  # fmt: skip
     materializer = CliProcess(kafka_settings, broker, "materialize")
     materializer.wait_for("materializer ready", timeout=90)
@@ -66,8 +66,12 @@ def test_realign_publishes_new_coarse_version_and_rejects_shuffled(
     tensors, manifest, _ = CheckpointDir(state).load()
     counts = model_state(tensors)["item_table.counts"]
     assert manifest["samples"] == 6000 and int((counts >= 5).sum()) == 80
+    snapshot = _announced(kafka_settings, broker, topics, "snapshot/idproxy")
+    assert snapshot.manifest["checkpoint"] == manifest["version"]  # the last checkpoint's
+    assert torch.equal(snapshot.states["item_table"]["counts"], counts[1:81])
 
-    common = ["--tiny", "--trainer-state", str(state), "--artifacts-dir", str(artifacts)]
+    # the job reads the trainer's snapshot from `models`, never the trainer's folder
+    common = ["--tiny", "--snapshot-of", "idproxy"]
     job = CliProcess(
         kafka_settings, broker, "realign", "--schedule", "--interval-s", "3600",
         "--state-dir", str(tmp_path / "realign"), *common,
@@ -88,8 +92,25 @@ def test_realign_publishes_new_coarse_version_and_rejects_shuffled(
     assert not bad["accepted"] and "regressed" in bad["reason"], bad
     assert bad["current_version"] == good["new_version"]  # it was compared to the new φ
     assert "new_version" not in bad
+    bundle = _announced(kafka_settings, broker, topics, "bundle")
+    assert bundle.manifest["proxy_version"] == good["new_version"]
+    assert bundle.manifest["realigned_from_snapshot"] == good["snapshot"] == snapshot.id
 
     _wait_active(kafka_settings, materializer, good["new_version"])
+
+
+def _announced(settings, broker, topics, key: str):
+    """The newest artefact announced under ``key`` on ``models``, loaded and verified."""
+    from streams.model_feed import ModelFeed
+
+    feed = ModelFeed(settings, broker, topics)
+    try:
+        feed.catch_up()
+        artifact = feed.load(feed.latest(key))
+    finally:
+        feed.close()
+    assert artifact is not None, f"nothing usable announced under {key}"
+    return artifact
 
 
 def _wait_active(settings, materializer: CliProcess, version: str) -> None:
@@ -104,7 +125,7 @@ def _wait_active(settings, materializer: CliProcess, version: str) -> None:
         names = [v.version for v in store.versions()]
         assert store.active_version() == version, (names, materializer.output()[-2000:])
         assert store.count_items(version) == 80
-        assert not any(n.startswith("proxy-") and n != version for n in names)
+        assert not any(n.startswith("realign-") and n != version for n in names)
     finally:
         store.close()
     assert Path(settings.store.path).exists()
