@@ -65,7 +65,10 @@ SPECS: tuple[SchemaSpec, ...] = (
     SchemaSpec("clicks", "clicks", "user id (UTF-8)", "Click", "validation"),
     SchemaSpec("control", "control", "the version (UTF-8)", "VersionCommit", "validation"),
     SchemaSpec(
-        "models", "models", '"bundle" or "snapshot/<variant>" (UTF-8)', "ModelAnnouncement",
+        "models",
+        "models",
+        '"bundle" or "snapshot/<variant>" (UTF-8)',
+        "ModelAnnouncement",
         "validation",
     ),  # fmt: skip
     SchemaSpec(
