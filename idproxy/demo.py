@@ -40,6 +40,7 @@ from idproxy.demo_faults import DemoBroker, fault_schedule, inject
 from idproxy.demo_golive import bootstrap, run_to_end
 from idproxy.demo_plan import Plan, make_plan
 from idproxy.settings import Settings
+from idproxy.supervisor import http_probe, metrics_probe
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -116,7 +117,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         started = time.time()
         try:
             with Supervisor(plan.run_dir / "logs", env) as sup, api:
-                _start_components(sup, plan, settings)
+                _start_components(sup, plan, settings, f"http://127.0.0.1:{port}/healthz")
                 replay = ["publish", "movielens", "--limit", str(plan.ratings), "--restamp"]
                 replay += ["--upload-lead-days", str(plan.upload_lead_days)]
                 replay += ["--history", str(plan.history)]
@@ -148,20 +149,31 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _start_components(sup, plan: Plan, settings: Settings) -> None:
+def _monitored(sup, name: str, component: str, args: list[str], **kwargs) -> None:
+    """Starts ``idproxy <args> --metrics-port P`` (a free port) with its readiness probe."""
+    from streams.broker import free_port
+
+    port = free_port()
+    sup.start(
+        name, [*args, "--metrics-port", str(port)], ready=metrics_probe(component, port), **kwargs
+    )
+
+
+def _start_components(sup, plan: Plan, settings: Settings, api_health: str) -> None:
+    """Starts the materializer, read API, processor and workers; waits on their health
+    endpoints (``idproxy_<component>_ready``, the API's /healthz)."""
     ready = settings.demo.ready_timeout_s
     r = plan.run_dir
-    sup.start("materializer", ["materialize", "--stats-file", str(r / "materializer.json")])
-    sup.wait_for("materializer", "materializer ready", ready)
-    sup.start("api", ["store", "serve"])
-    sup.start("processor", ["processor", "--datadir", str(r / "processor")])
-    for k in range(plan.workers):
-        sup.start(f"worker-{k}", ["worker", "--client-id", f"worker-{k}"])
-    for name, needle in (
-        ("processor", "processor ready"),
-        *((f"worker-{k}", "ready") for k in range(plan.workers)),
-    ):
-        sup.wait_for(name, needle, ready)
+    stats = ["--stats-file", str(r / "materializer.json")]
+    _monitored(sup, "materializer", "materializer", ["materialize", *stats])
+    sup.wait_ready("materializer", ready)
+    sup.start("api", ["store", "serve"], ready=http_probe(api_health))
+    _monitored(sup, "processor", "processor", ["processor", "--datadir", str(r / "processor")])
+    workers = [f"worker-{k}" for k in range(plan.workers)]
+    for name in workers:
+        _monitored(sup, name, "worker", ["worker", "--client-id", name])
+    for name in ("api", "processor", *workers):
+        sup.wait_ready(name, ready)
     print("demo: components ready; uploading the launch catalogue", flush=True)
 
 
@@ -170,9 +182,12 @@ def _start_trainers(sup, plan: Plan, settings: Settings) -> None:
     r = plan.run_dir
     nice = settings.demo.trainer_nice
     for variant in ("idproxy", "id-only"):
-        sup.start(
+        state = ["--state-dir", str(r / f"trainer-{variant}")]
+        _monitored(
+            sup,
             f"trainer-{variant}",
-            ["trainer", "--variant", variant, "--state-dir", str(r / f"trainer-{variant}")],
+            "trainer",
+            ["trainer", "--variant", variant, *state],
             nice=nice,
         )
     sup.start(
@@ -189,7 +204,7 @@ def _start_trainers(sup, plan: Plan, settings: Settings) -> None:
     )
     ready = settings.demo.ready_timeout_s
     for name in ("trainer-id-only", "trainer-idproxy"):
-        sup.wait_for(name, "trainer ready", ready)
+        sup.wait_ready(name, ready)
     print("demo: trainers live; starting the replay", flush=True)
 
 

@@ -62,12 +62,6 @@ class DemoBroker:
 
 # the fault drill of --kill-each, in order; "broker" is the Apache Kafka node itself
 FAULT_ORDER = ("worker-0", "processor", "trainer-idproxy", "materializer", "broker")
-READY = {
-    "worker-0": "ready",
-    "processor": "processor ready",
-    "trainer-idproxy": "trainer ready",
-    "materializer": "materializer ready",
-}
 
 
 PAUSE = "pause:worker-0"  # SIGSTOP the worker past its group session, then SIGCONT
@@ -112,4 +106,4 @@ def _kill_and_restart(sup, name: str, broker: DemoBroker, settings: Settings) ->
     sup.kill(name)
     time.sleep(1)
     sup.restart(name)
-    sup.wait_for(name, READY[name], settings.demo.ready_timeout_s)
+    sup.wait_ready(name, settings.demo.ready_timeout_s)  # its health endpoint

@@ -1,4 +1,9 @@
-"""The Prometheus endpoints of the long-running components (proxy worker, online trainer).
+"""The Prometheus endpoints of the long-running components (proxy worker, materializer,
+online trainer, processor), and their readiness gauge.
+
+Every component's endpoint exports ``idproxy_<component>_ready``: 0 while it starts, 1 once
+it consumes. The demo and the benchmarks wait on it (``idproxy.supervisor``), not on log
+lines; ``is_ready`` reads it from a scrape.
 
 They bind ``settings.metrics_host``: 127.0.0.1 by default, so only the local host can
 scrape; ``IDPROXY_METRICS_HOST=0.0.0.0`` lets a Prometheus in another container or host
@@ -11,6 +16,22 @@ reach them.
 """
 
 from __future__ import annotations
+
+
+def ready_gauge(component: str, registry):
+    """The ``idproxy_<component>_ready`` gauge (0 until the component sets it to 1)."""
+    from prometheus_client import Gauge
+
+    return Gauge(f"idproxy_{component}_ready", "1 once the component consumes", registry=registry)
+
+
+def is_ready(component: str, scrape: str) -> bool:
+    """True when a ``/metrics`` scrape says the component is ready.
+
+    >>> is_ready("worker", "idproxy_worker_ready 1.0"), is_ready("worker", "")
+    (True, False)
+    """
+    return f"idproxy_{component}_ready 1.0" in scrape
 
 
 def serve_metrics(registry, port: int, host: str) -> tuple[str, int]:

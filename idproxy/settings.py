@@ -137,6 +137,9 @@ class ProcessorSettings(BaseModel):
     samples_linger_ms: int = Field(
         50, ge=1, description="A partition's buffer is sent once its oldest entry is this old"
     )
+    metrics_port: int = Field(
+        0, description="Prometheus port (on metrics_host) of idproxy_processor_ready; 0 = off"
+    )
 
 
 class StoreSettings(BaseModel):

@@ -5,6 +5,11 @@ Each child runs in its own session (process group), writes stdout+stderr to
 SIGTERM to its whole group, then SIGKILL after a grace period, so no orphan survives the
 demo, also on Ctrl-C.
 
+Readiness comes from the child's health endpoint (``ready=`` a probe at start, e.g.
+:func:`metrics_probe` on its Prometheus port, or :func:`http_probe` on the read API's
+``/healthz``) and ``wait_ready``; ``wait_for`` (a line in the log) is for children without
+one.
+
 >>> import sys, tempfile
 >>> with Supervisor(tempfile.mkdtemp(), {}) as sup:
 ...     child = sup.start("echo", [sys.executable, "-c", "print('ready')"], command=False)
@@ -21,8 +26,13 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+from idproxy.prometheus import is_ready
 
 
 class ChildFailed(RuntimeError):
@@ -59,11 +69,23 @@ class Supervisor:
         self.argv: dict[str, list[str]] = {}  # name -> command line, for restarts
         self.nice: dict[str, int] = {}  # name -> niceness, for restarts
         self.restarts: dict[str, int] = {}
+        self.probes: dict[str, Callable[[], bool]] = {}  # name -> readiness probe
 
-    def start(self, name: str, args: list[str], *, command: bool = True, nice: int = 0) -> Child:
+    def start(
+        self,
+        name: str,
+        args: list[str],
+        *,
+        command: bool = True,
+        nice: int = 0,
+        ready: Callable[[], bool] | None = None,
+    ) -> Child:
         """Runs ``idproxy <args>`` (or ``args`` as is when ``command=False``) in its own
         session, at niceness ``nice`` (through nice(1), which execs the command: same pid,
-        same group; and for its session's autogroup, see ``_nice_autogroup``)."""
+        same group; and for its session's autogroup, see ``_nice_autogroup``). ``ready``:
+        its readiness probe, kept for restarts (``wait_ready``)."""
+        if ready is not None:
+            self.probes[name] = ready
         argv = [sys.executable, "-m", "idproxy.cli", *args] if command else args
         self.argv[name], self.nice[name] = argv, nice
         if nice:
@@ -90,6 +112,17 @@ class Supervisor:
         child = self.children[name]
         end = time.time() + timeout
         while needle not in child.output():
+            if child.proc.poll() is not None:
+                raise ChildFailed(f"{name} exited ({child.proc.returncode}):\n{child.tail()}")
+            if time.time() > end:
+                raise ChildFailed(f"{name} not ready after {timeout:.0f} s:\n{child.tail()}")
+            time.sleep(0.2)
+
+    def wait_ready(self, name: str, timeout: float = 300) -> None:
+        """Blocks until the child's readiness probe answers True; ChildFailed if it exits."""
+        child, probe = self.children[name], self.probes[name]
+        end = time.time() + timeout
+        while not probe():
             if child.proc.poll() is not None:
                 raise ChildFailed(f"{name} exited ({child.proc.returncode}):\n{child.tail()}")
             if time.time() > end:
@@ -175,3 +208,23 @@ def _nice_autogroup(pid: int, nice: int) -> None:
 def _signal_group(proc: subprocess.Popen, sig: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, sig)
+
+
+def _fetch(url: str) -> tuple[int, str] | None:
+    """(status, body) of a GET, None when nothing answers."""
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status, response.read().decode(errors="replace")
+    except (urllib.error.URLError, OSError):
+        return None
+
+
+def http_probe(url: str) -> Callable[[], bool]:
+    """Ready when ``url`` answers 200 (e.g. the read API's ``/healthz``)."""
+    return lambda: (answer := _fetch(url)) is not None and answer[0] == 200
+
+
+def metrics_probe(component: str, port: int) -> Callable[[], bool]:
+    """Ready when http://127.0.0.1:port/metrics says ``idproxy_<component>_ready 1``."""
+    url = f"http://127.0.0.1:{port}/metrics"
+    return lambda: (answer := _fetch(url)) is not None and is_ready(component, answer[1])

@@ -195,6 +195,7 @@ class ConsumeLoop:
         """Turns until SIGTERM/SIGINT, ``idle_exit_s`` without input while owning
         partitions, or ``max_batches`` committed batches; closes the clients."""
         idle_since = time.time()
+        self.metrics.started()
         try:
             with stop_signals(self._on_signal):
                 while not self.stopping:

@@ -30,7 +30,7 @@ class LoopMetrics:
             return
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-        from idproxy.prometheus import serve_metrics
+        from idproxy.prometheus import ready_gauge, serve_metrics
 
         self.registry = r = CollectorRegistry()
         name = f"idproxy_{component}"
@@ -47,6 +47,7 @@ class LoopMetrics:
             buckets=FRESHNESS_BUCKETS_S,
             registry=r,
         )
+        self.ready = ready_gauge(component, r)
         self.address = serve_metrics(self.registry, port, host)
 
     def observe(self, consumer, dead_letters: int, messages: list, seconds: float) -> None:
@@ -67,6 +68,11 @@ class LoopMetrics:
             if high is not None:
                 lag += max(0, high - committed)
         self.lag.set(lag)
+
+    def started(self) -> None:
+        """The loop turns: the component is ready."""
+        if self.enabled:
+            self.ready.set(1)
 
     def owned(self, consumer) -> None:
         """The partitions the consumer owns now (every loop turn)."""

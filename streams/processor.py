@@ -370,6 +370,25 @@ def build_app(settings: Settings, broker, datadir: Path):
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--datadir", help="table state directory (default <cache>/processor)")
+    parser.add_argument(
+        "--metrics-port", type=int, help="Prometheus port (default processor.metrics_port)"
+    )
+
+
+def _serve_readiness(app, port: int, host: str) -> None:
+    """``idproxy_processor_ready`` on host:port: 1 once faust runs the app's tasks (its
+    consumer has started)."""
+    from prometheus_client import CollectorRegistry
+
+    from idproxy.prometheus import ready_gauge, serve_metrics
+
+    registry = CollectorRegistry()
+    ready = ready_gauge("processor", registry)
+    serve_metrics(registry, port, host)
+
+    @app.task
+    async def mark_ready() -> None:
+        ready.set(1)
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
@@ -387,6 +406,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
     app.conf.web_bind = "127.0.0.1"  # faust binds its web port even with the web disabled
     app.conf.web_port = free_port()
-    print(f"processor ready (state in {datadir})", flush=True)
+    port = settings.processor.metrics_port if args.metrics_port is None else args.metrics_port
+    if port:
+        _serve_readiness(app, port, settings.metrics_host)
+    print(f"processor starting (state in {datadir})", flush=True)
     Worker(app, loglevel="WARNING", redirect_stdouts=False).execute_from_commandline()
     return 0

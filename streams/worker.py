@@ -273,6 +273,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--idle-exit", type=float, help="exit after this many idle seconds")
     parser.add_argument("--client-id", default="worker")
+    parser.add_argument(
+        "--metrics-port", type=int, help="Prometheus port (default worker.metrics_port)"
+    )
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
@@ -288,6 +291,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         return 2
     if args.tiny:
         settings = tiny_profile(settings)
+    if args.metrics_port is not None:
+        settings.worker.metrics_port = args.metrics_port
     broker = external_broker(settings)
     models = ModelFeed(settings, broker, ensure_topics(settings, common_config(settings, broker)))
     models.catch_up()  # start on the newest announced bundle

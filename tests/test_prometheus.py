@@ -56,3 +56,19 @@ def test_worker_freshness_is_upload_timestamp_to_commit(monkeypatch):
     assert value("idproxy_worker_freshness_seconds_sum") == 1.0 + 4.5
     assert value("idproxy_worker_freshness_seconds_bucket", {"le": "1.0"}) == 1
     assert value("idproxy_worker_items_total") == 4
+
+
+@pytest.mark.parametrize("metrics", ENDPOINTS, ids=NAMES)
+def test_the_readiness_probe_answers_once_the_component_has_started(metrics):
+    """The demo waits on ``idproxy_<component>_ready`` through ``metrics_probe``."""
+    from idproxy.supervisor import http_probe, metrics_probe
+
+    port = free_port()
+    endpoint = metrics(port, "127.0.0.1")
+    component = NAMES[ENDPOINTS.index(metrics)]
+    probe = metrics_probe(component, port)
+    assert not probe()  # serving, not started
+    endpoint.started()
+    assert probe()
+    assert not metrics_probe(component, free_port())()  # nothing listens there
+    assert http_probe(f"http://127.0.0.1:{port}/metrics")()

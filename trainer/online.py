@@ -195,6 +195,7 @@ class OnlineTrainer:
         t, core = self.settings.trainer, self.core
         idle_since = time.time()
         dirty = False
+        self._prom.started()
         try:
             with stop_signals(self._on_signal):
                 while not self.stopping:

@@ -47,7 +47,7 @@ class TrainerMetrics:
             return
         from prometheus_client import CollectorRegistry, Counter, Gauge
 
-        from idproxy.prometheus import serve_metrics
+        from idproxy.prometheus import ready_gauge, serve_metrics
 
         r = self.registry = CollectorRegistry()
         self.samples = Counter("idproxy_trainer_samples", "samples trained", registry=r)
@@ -58,7 +58,13 @@ class TrainerMetrics:
         age = Gauge("idproxy_trainer_checkpoint_age_seconds", "since last checkpoint", registry=r)
         age.set_function(lambda: time.time() - self.ckpt_at)
         self.lag = Gauge("idproxy_trainer_lag", "samples high watermark - position", registry=r)
+        self.ready = ready_gauge("trainer", r)
         self.address = serve_metrics(r, port, host)
+
+    def started(self) -> None:
+        """Resumed and consuming: the trainer is ready."""
+        if self.enabled:
+            self.ready.set(1)
 
     def checkpointed(self) -> None:
         if self.enabled:
