@@ -67,7 +67,11 @@ class ModelSettings(BaseModel):
     encoder_train_mode: Literal["frozen", "lora", "full"] = "frozen"
     lora_rank: int = 8
     artifacts_dir: str = Field(
-        str(CACHE_DIR / "artifacts"), description="Versioned proxy-head bundles (safetensors)"
+        str(CACHE_DIR / "artifacts"),
+        description="The artefact store (bundles, snapshots): a folder or any fsspec URL",
+    )
+    artifacts_keep: int = Field(
+        3, ge=0, description="Artefacts kept per name (the newest); older ones deleted; 0 = all"
     )
 
     @model_validator(mode="before")

@@ -7,8 +7,10 @@ checked together. Never pickle. The root is any fsspec URL: a local folder by de
 backend installed.
 
 * ``save`` writes the file under a temporary name, then moves it into place, and returns an
-  :class:`ArtifactRef` (id, uri, sha256 of the file's bytes). The id is a content hash
-  (``<kind>-<12 hex>``), so saving the same state twice is the same artefact.
+  :class:`ArtifactRef` (id, uri, sha256 of the file's bytes). The id is ``<name>-<12 hex>``
+  (name: the writer's, by default the manifest's kind; hex: a content hash), so saving the
+  same state twice is the same artefact. With ``keep`` > 0 it then deletes all but the
+  ``keep`` newest artefacts of that name: readers only load the newest announced one.
 * ``load(ref)`` reads the file and raises :class:`ArtifactIntegrityError` when its bytes do
   not hash to ``ref.sha256``: a reader never runs weights that are not the announced ones.
 
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import struct
 import time
 import uuid
@@ -78,18 +81,27 @@ def module_states(modules: dict[str, nn.Module]) -> States:
 class ArtifactStore:
     """Saves and loads artefacts under one fsspec root URL (a local folder by default)."""
 
-    def __init__(self, root: str) -> None:
+    def __init__(self, root: str, keep: int = 0) -> None:
         self.root = str(root).rstrip("/")
+        self.keep = keep
         self.fs, self.path = fsspec.core.url_to_fs(self.root)
 
-    def save(self, states: States, manifest: dict[str, Any]) -> ArtifactRef:
+    @classmethod
+    def from_settings(cls, settings) -> ArtifactStore:
+        """``model.artifacts_dir``, keeping ``model.artifacts_keep`` per name."""
+        return cls(settings.model.artifacts_dir, settings.model.artifacts_keep)
+
+    def save(
+        self, states: States, manifest: dict[str, Any], name: str | None = None
+    ) -> ArtifactRef:
         """Writes ``states`` + ``manifest`` as one file; returns its ref (id, uri, sha256)."""
         tensors = {f"{name}.{key}": value for name, s in states.items() for key, value in s.items()}
         h = hashlib.sha256(json.dumps(manifest, sort_keys=True).encode())
         for key in sorted(tensors):
             h.update(key.encode())
             h.update(tensors[key].float().numpy().tobytes())
-        artefact_id = f"{manifest.get('kind', 'bundle')}-{h.hexdigest()[:12]}"
+        name = name or manifest.get("kind", "bundle")
+        artefact_id = f"{name}-{h.hexdigest()[:12]}"
         full = {**manifest, "id": artefact_id, "created_at": time.time(), "modules": list(states)}
         data = save_safetensors(tensors, metadata={"manifest": json.dumps(full, sort_keys=True)})
         path = f"{self.path}/{artefact_id}.safetensors"
@@ -97,11 +109,24 @@ class ArtifactStore:
         tmp = f"{self.path}/.tmp-{uuid.uuid4().hex}"
         self.fs.pipe_file(tmp, data)
         self.fs.mv(tmp, path)
+        if self.keep:
+            self._prune(name)
         return ArtifactRef(
             id=artefact_id,
             uri=self.fs.unstrip_protocol(path),
             sha256=hashlib.sha256(data).hexdigest(),
         )
+
+    def _prune(self, name: str) -> None:
+        """Deletes all but the ``keep`` newest files ``<name>-<12 hex>.safetensors``."""
+        pattern = re.compile(rf"{re.escape(name)}-[0-9a-f]{{12}}\.safetensors")
+        infos = [
+            i for i in self.fs.ls(self.path, detail=True)
+            if pattern.fullmatch(i["name"].rsplit("/", 1)[-1])
+        ]  # fmt: skip
+        infos.sort(key=lambda i: i.get("mtime") or i.get("LastModified") or 0, reverse=True)
+        for old in infos[self.keep :]:
+            self.fs.rm_file(old["name"])
 
     @staticmethod
     def load(ref: ArtifactRef) -> Artifact:

@@ -57,7 +57,7 @@ def publish_artifact(
 ) -> ModelAnnouncement:
     """Saves the artefact, announces it on ``topic`` under ``key`` and flushes."""
     kind = "bundle" if key == BUNDLE_KEY else "snapshot"
-    ref = store.save(states, {**manifest, "kind": kind, "parent": parent})
+    ref = store.save(states, {**manifest, "kind": kind, "parent": parent}, key.replace("/", "-"))
     announcement = ModelAnnouncement(
         key=key,
         id=ref.id,
@@ -137,16 +137,10 @@ class ModelFeed:
 
 
 def announce(
-    settings,
-    broker,
-    states: States,
-    manifest: dict[str, Any],
-    *,
-    key: str,
-    producer_name: str,
-    parent: str | None = None,
+    settings, broker, states: States, manifest: dict[str, Any], **how: Any
 ) -> ModelAnnouncement:
-    """One-shot :func:`publish_artifact` for a job without a producer of its own."""
+    """One-shot :func:`publish_artifact` (``how``: its ``key``, ``producer_name``,
+    ``parent``) for a job without a producer of its own."""
     from kafka import KafkaProducer
 
     from streams.kafka_config import common_config, producer_config
@@ -158,12 +152,10 @@ def announce(
         return publish_artifact(
             producer,
             topics.models,
-            ArtifactStore(settings.model.artifacts_dir),
+            ArtifactStore.from_settings(settings),
             states,
             manifest,
-            key=key,
-            producer_name=producer_name,
-            parent=parent,
+            **how,
         )
     finally:
         producer.close()

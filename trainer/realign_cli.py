@@ -203,7 +203,7 @@ def realign_once(settings: Settings, broker, args: argparse.Namespace) -> dict:
     producer = KafkaProducer(**producer_config(settings, broker))
     try:  # the version first: a worker loading the bundle appends to a published version
         publish_proxies(producer, topics, version, current, cache, p_coarse, p_fine)
-        store = ArtifactStore(settings.model.artifacts_dir)
+        store = ArtifactStore.from_settings(settings)
         parent = bundle.id if bundle else None
         publish_artifact(
             producer,

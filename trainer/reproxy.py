@@ -191,7 +191,7 @@ class ModelPublisher:
         from streams.model_feed import ModelFeed
 
         self.producer, self.topics, self.variant = producer, topics, variant
-        self.artifacts = ArtifactStore(settings.model.artifacts_dir)
+        self.artifacts = ArtifactStore.from_settings(settings)
         self.models = ModelFeed(settings, broker, topics)
         self.churn = ChurnGate(settings.trainer.reproxy_min_change)
         self.proxy_change: float | None = None  # the last re-proxy's movement (ChurnGate)

@@ -79,9 +79,7 @@ def _save_and_announce(settings: Settings, states, manifest: dict, console) -> s
     from proxy_model.artifacts import ArtifactStore
 
     if not settings.kafka.bootstrap:
-        ref = ArtifactStore(settings.model.artifacts_dir).save(
-            states, {**manifest, "kind": "bundle"}
-        )
+        ref = ArtifactStore.from_settings(settings).save(states, {**manifest, "kind": "bundle"})
         console.print(
             f"saved proxy bundle {ref.id} at {ref.uri}; not announced: set "
             "IDPROXY_KAFKA_BOOTSTRAP to announce it to the workers"

@@ -92,3 +92,14 @@ def test_saving_is_content_addressed_and_writes_one_safetensors_file(tmp_path):
     assert first.id == again.id and first.id.startswith("snapshot-")
     assert first.uri.startswith("file://")
     assert [p.name for p in tmp_path.iterdir()] == [f"{first.id}.safetensors"]
+
+
+def test_the_store_keeps_the_newest_artifacts_of_each_name(tmp_path):
+    store = ArtifactStore(str(tmp_path), keep=2)
+    other = store.save({"t": {"w": torch.zeros(1)}}, {"kind": "bundle"})
+    refs = [
+        store.save({"t": {"w": torch.full((1,), float(k))}}, {}, "snapshot-x") for k in range(4)
+    ]
+    kept = sorted(p.name for p in tmp_path.iterdir())
+    assert kept == sorted([f"{other.id}.safetensors"] + [f"{r.id}.safetensors" for r in refs[2:]])
+    assert store.load(refs[-1]).states["t"]["w"].item() == 3.0

@@ -4,16 +4,8 @@ import json
 import threading
 import time
 
+from tests.streams.helpers import wait_until as _wait_for
 from trainer.scheduler import PersistentIntervalJob
-
-
-def _wait_for(pred, timeout=10.0):
-    end = time.time() + timeout
-    while time.time() < end:
-        if pred():
-            return True
-        time.sleep(0.02)
-    return False
 
 
 def test_overlapping_runs_are_skipped_not_stacked(tmp_path):

@@ -16,6 +16,16 @@ from kafka import KafkaConsumer, KafkaProducer
 from streams.kafka_config import common_config, consumer_config, producer_config
 
 
+def wait_until(pred, timeout: float = 10.0, interval: float = 0.02) -> bool:
+    """True as soon as ``pred()`` is, False after ``timeout`` seconds."""
+    end = time.time() + timeout
+    while time.time() < end:
+        if pred():
+            return True
+        time.sleep(interval)
+    return False
+
+
 def produce(settings, broker, topic: str, messages: list[tuple[bytes | None, bytes]]) -> None:
     producer = KafkaProducer(**producer_config(settings, broker))
     for key, value in messages:

@@ -4,8 +4,6 @@ that do not hash to the announced sha256, or a record that is not an announcemen
 
 from __future__ import annotations
 
-import time
-
 import pytest
 import torch
 from kafka import KafkaProducer
@@ -17,6 +15,7 @@ from streams.events import ModelAnnouncement, to_json
 from streams.kafka_config import producer_config
 from streams.model_feed import BUNDLE_KEY, announce
 from streams.worker import ProxyWorker
+from tests.streams.helpers import wait_until
 
 pytestmark = pytest.mark.kafka
 
@@ -37,16 +36,6 @@ def _heads(shift: float) -> tuple[dict, dict]:
     return states, manifest
 
 
-def _within(seconds: float, check) -> bool:
-    """True as soon as ``check()`` is, False after ``seconds``."""
-    deadline = time.time() + seconds
-    while time.time() < deadline:
-        if check():
-            return True
-        time.sleep(0.2)
-    return False
-
-
 def test_a_worker_applies_an_announced_bundle_and_refuses_a_tampered_one(
     kafka_settings, kafka_broker
 ):
@@ -60,7 +49,7 @@ def test_a_worker_applies_an_announced_bundle_and_refuses_a_tampered_one(
     good = announce(
         kafka_settings, kafka_broker, states, manifest, key=BUNDLE_KEY, producer_name="test"
     )
-    assert _within(10, worker.refresh_heads)  # the next batches' non-blocking polls see it
+    assert wait_until(worker.refresh_heads, 10, 0.2)  # the next batches' non-blocking polls see it
     assert service.bundle == good.id and service.proxy_version == good.id
     applied = service.run(item).p_fine
     assert not torch.allclose(before, applied)
@@ -78,7 +67,7 @@ def test_a_worker_applies_an_announced_bundle_and_refuses_a_tampered_one(
     producer.send(worker.topics.models, key=b"bundle", value=b'{"not": "an announcement"}')
     producer.flush()
     producer.close()
-    assert not _within(5, worker.refresh_heads)
+    assert not wait_until(worker.refresh_heads, 5, 0.2)
     assert worker.models.rejected == 2
     assert service.bundle == good.id
     assert torch.allclose(service.run(item).p_fine, applied)
