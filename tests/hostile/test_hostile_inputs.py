@@ -38,7 +38,7 @@ from streams.kafka_config import common_config, producer_config
 from streams.sample_batch import SampleBatch, id_hash, sample_key
 from streams.topics import ensure_topics
 from tests.hostile import strategies as hs
-from tests.streams.helpers import CliProcess, drain, item_event
+from tests.streams.helpers import CliProcess, drain, item_event, start_processor
 
 pytestmark = pytest.mark.kafka
 
@@ -196,8 +196,7 @@ def test_hostile_clicks_processor(kafka_settings, kafka_broker, tmp_path):
         hs.valid_click(), PER_KIND, (BROKER_LIMIT, MAX_CLICK_BYTES, MAX_CLICK_BYTES + 1), 3
     )
     rejected = verdicts(records, _click_verdict)
-    proc = CliProcess(kafka_settings, kafka_broker, "processor", "--datadir", str(tmp_path / "p"))
-    proc.wait_for("ready")
+    proc = start_processor(kafka_settings, kafka_broker, str(tmp_path / "p"))
     try:
         started = time.time()
         placed = produce_indexed(kafka_settings, kafka_broker, topics.clicks, records)

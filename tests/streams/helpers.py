@@ -138,3 +138,21 @@ def kill_leftovers() -> None:
 
 
 __all__ = ["common_config", "CliProcess", "drain", "item_event", "produce"]
+
+
+def start_processor(settings, broker, datadir: str, env: dict | None = None) -> CliProcess:
+    """`idproxy processor` with a Prometheus port; returns once its readiness gauge says
+    it consumes (``idproxy_processor_ready``), as the demo waits for it."""
+    from idproxy.supervisor import metrics_probe
+    from streams.broker import free_port
+
+    port = free_port()
+    proc = CliProcess(
+        settings, broker, "processor", "--datadir", datadir, "--metrics-port", str(port), env=env
+    )
+    ready = metrics_probe("processor", port)
+    if not wait_until(lambda: ready() or proc.proc.poll() is not None, timeout=120, interval=0.2):
+        raise AssertionError(f"the processor is not ready after 120 s:\n{proc.output()[-3000:]}")
+    if proc.proc.poll() is not None:
+        raise AssertionError(f"the processor exited:\n{proc.output()[-3000:]}")
+    return proc

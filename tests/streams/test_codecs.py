@@ -28,7 +28,7 @@ from streams.materializer import Materializer
 from streams.sample_batch import SampleBatch, id_hash
 from streams.topics import ensure_topics
 from streams.worker import ProxyWorker
-from tests.streams.helpers import CliProcess, drain, item_event
+from tests.streams.helpers import CliProcess, drain, item_event, start_processor
 
 pytestmark = pytest.mark.kafka
 
@@ -109,8 +109,7 @@ def test_the_processor_reads_clicks_and_items_in_every_codec(
     kafka_settings, kafka_broker, tmp_path
 ):
     topics = ensure_topics(kafka_settings, common_config(kafka_settings, kafka_broker))
-    proc = CliProcess(kafka_settings, kafka_broker, "processor", "--datadir", str(tmp_path / "p"))
-    proc.wait_for("ready")
+    proc = start_processor(kafka_settings, kafka_broker, str(tmp_path / "p"))
     try:
         clicks = []
         for n, codec in enumerate(CODECS):

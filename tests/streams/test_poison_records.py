@@ -30,7 +30,7 @@ from streams.sample_batch import SampleBatch, id_hash
 from streams.topics import Topics, ensure_topics
 from streams.worker import ProxyWorker
 from tests.proxy_model.test_image_decoding import png_bomb, png_header_only
-from tests.streams.helpers import CliProcess, drain, item_event, produce
+from tests.streams.helpers import CliProcess, drain, item_event, produce, start_processor
 
 pytestmark = pytest.mark.kafka
 
@@ -204,8 +204,7 @@ def test_the_processor_dead_letters_a_record_it_fails_on_and_goes_on(
     JSON, a missing field, a sample that does not validate) are dead-lettered with the
     exception's type and message; the clicks around them become samples."""
     topics = ensure_topics(kafka_settings, common_config(kafka_settings, kafka_broker))
-    proc = CliProcess(kafka_settings, kafka_broker, "processor", "--datadir", str(tmp_path / "p"))
-    proc.wait_for("ready")
+    proc = start_processor(kafka_settings, kafka_broker, str(tmp_path / "p"))
     try:
         clicks = [
             {"user_id": f"u{k % 3}", "item_id": str(k % 4), "label": 1, "ts": 1000.0 + k}

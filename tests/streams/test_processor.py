@@ -13,7 +13,13 @@ import pytest
 from streams.events import DeadLetter, parse_json
 from streams.sample_batch import SampleBatch, id_hash, id_hashes, sample_key
 from streams.topics import Topics, ensure_topics
-from tests.streams.helpers import CliProcess, common_config, drain, item_event, produce
+from tests.streams.helpers import (
+    common_config,
+    drain,
+    item_event,
+    produce,
+    start_processor,
+)
 
 pytestmark = pytest.mark.kafka
 
@@ -53,8 +59,7 @@ def expected_samples(clicks: list[dict], uploads: dict[str, float], history_len:
 
 def _run_processor(settings, broker, tmp_path, env: dict | None = None):
     datadir = str(tmp_path / "processor")
-    proc = CliProcess(settings, broker, "processor", "--datadir", datadir, env=env)
-    proc.wait_for("ready")
+    proc = start_processor(settings, broker, datadir, env=env)
     return proc
 
 
