@@ -34,6 +34,16 @@ def is_ready(component: str, scrape: str) -> bool:
     return f"idproxy_{component}_ready 1.0" in scrape
 
 
+def serve_ready_gauge(component: str, port: int, host: str):
+    """An endpoint on host:port exporting only ``idproxy_<component>_ready``; the gauge."""
+    from prometheus_client import CollectorRegistry
+
+    registry = CollectorRegistry()
+    gauge = ready_gauge(component, registry)
+    serve_metrics(registry, port, host)
+    return gauge
+
+
 def serve_metrics(registry, port: int, host: str) -> tuple[str, int]:
     """Serves ``registry`` on http://host:port/metrics (daemon thread) -> the bound address.
 

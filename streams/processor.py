@@ -370,29 +370,14 @@ def build_app(settings: Settings, broker, datadir: Path):
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--datadir", help="table state directory (default <cache>/processor)")
-    parser.add_argument(
-        "--metrics-port", type=int, help="Prometheus port (default processor.metrics_port)"
-    )
-
-
-def _serve_readiness(app, port: int, host: str) -> None:
-    """``idproxy_processor_ready`` on host:port: 1 once faust runs the app's tasks (its
-    consumer has started)."""
-    from prometheus_client import CollectorRegistry
-
-    from idproxy.prometheus import ready_gauge, serve_metrics
-
-    registry = CollectorRegistry()
-    ready = ready_gauge("processor", registry)
-    serve_metrics(registry, port, host)
-
-    @app.task
-    async def mark_ready() -> None:
-        ready.set(1)
+    parser.add_argument("--metrics-port", type=int, help="default processor.metrics_port")
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    from streams.broker import external_broker
+    from faust.worker import Worker
+
+    from idproxy.prometheus import serve_ready_gauge
+    from streams.broker import external_broker, free_port
 
     if not settings.kafka.bootstrap:
         print("error: set IDPROXY_KAFKA_BOOTSTRAP (e.g. from `idproxy broker`)")
@@ -400,15 +385,16 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     datadir = Path(args.datadir or Path(settings.cache_dir) / "processor")
     datadir.mkdir(parents=True, exist_ok=True)
     app = build_app(settings, external_broker(settings), datadir)
-    from faust.worker import Worker
-
-    from streams.broker import free_port
-
     app.conf.web_bind = "127.0.0.1"  # faust binds its web port even with the web disabled
     app.conf.web_port = free_port()
     port = settings.processor.metrics_port if args.metrics_port is None else args.metrics_port
-    if port:
-        _serve_readiness(app, port, settings.metrics_host)
+    if port:  # idproxy_processor_ready: 1 once faust runs the app's tasks (consumer started)
+        gauge = serve_ready_gauge("processor", port, settings.metrics_host)
+
+        @app.task
+        async def mark_ready() -> None:
+            gauge.set(1)
+
     print(f"processor starting (state in {datadir})", flush=True)
     Worker(app, loglevel="WARNING", redirect_stdouts=False).execute_from_commandline()
     return 0
