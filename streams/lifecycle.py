@@ -51,6 +51,16 @@ def poll_or_wait(consumer, backoff_s: float, **poll_kwargs) -> dict:
         return {}
 
 
+def read_to_end(consumer, poll: Callable[[int], object], timeout_s: float) -> None:
+    """Calls ``poll(timeout_ms)`` until every assigned partition reaches the end offset it
+    had when this was called, or ``timeout_s`` passes (catch-up of a group-less reader)."""
+    parts = list(consumer.assignment())
+    ends = consumer.end_offsets(parts)
+    deadline = time.time() + timeout_s
+    while time.time() < deadline and any(consumer.position(tp) < ends[tp] for tp in parts):
+        poll(200)
+
+
 @contextlib.contextmanager
 def stop_signals(handler: Callable[[int, object], None]) -> Iterator[None]:
     """Routes SIGTERM/SIGINT to ``handler`` while inside (main thread only; tests run loops

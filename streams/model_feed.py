@@ -21,7 +21,6 @@ share only the broker and the artefact store URL (``model.artifacts_dir``).
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any
 
 from proxy_model.artifacts import (
@@ -32,7 +31,7 @@ from proxy_model.artifacts import (
     States,
 )
 from streams.events import EventError, ModelAnnouncement, parse_json, to_json
-from streams.lifecycle import poll_or_wait
+from streams.lifecycle import poll_or_wait, read_to_end
 
 log = logging.getLogger(__name__)
 
@@ -108,12 +107,8 @@ class ModelFeed:
 
     def catch_up(self, timeout_s: float = 30.0) -> list[ModelAnnouncement]:
         """Reads to the end offsets seen now; returns what was read."""
-        ends = self.consumer.end_offsets(self.partitions)
-        read, deadline = [], time.time() + timeout_s
-        while time.time() < deadline:
-            if all(self.consumer.position(tp) >= ends[tp] for tp in self.partitions):
-                break
-            read += self.poll(timeout_ms=200)
+        read: list[ModelAnnouncement] = []
+        read_to_end(self.consumer, lambda ms: read.extend(self.poll(ms)), timeout_s)
         return read
 
     def latest(self, key: str) -> ModelAnnouncement | None:
@@ -159,16 +154,3 @@ def announce(
         )
     finally:
         producer.close()
-
-
-def newest_bundle(settings, broker) -> Artifact | None:
-    """The newest announced bundle (checksum verified), or None: for one-shot jobs."""
-    from streams.kafka_config import common_config
-    from streams.topics import ensure_topics
-
-    feed = ModelFeed(settings, broker, ensure_topics(settings, common_config(settings, broker)))
-    try:
-        feed.catch_up()
-        return feed.load(feed.latest(BUNDLE_KEY))
-    finally:
-        feed.close()

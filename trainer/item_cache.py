@@ -21,14 +21,13 @@ item table row (``ItemCache.item_of``).
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from streams.lifecycle import poll_or_wait
+from streams.lifecycle import poll_or_wait, read_to_end
 from streams.sample_batch import id_hash
 
 log = logging.getLogger(__name__)
@@ -235,15 +234,16 @@ class ContentReader:
             q.clear()
 
     def catch_up(self, timeout_s: float = 60.0) -> int:
-        """Reads until every partition reaches the end offset it had when this was called."""
-        parts = list(self.consumer.assignment())
-        ends = self.consumer.end_offsets(parts)
-        n, deadline = 0, time.time() + timeout_s
-        while time.time() < deadline:
-            if all(self.consumer.position(tp) >= ends[tp] for tp in parts):
-                break
-            n += self.poll(timeout_ms=200)
-        return n
+        """Reads until every partition reaches the end offset it had when this was called;
+        returns the records read."""
+        read = 0
+
+        def poll(timeout_ms: int) -> None:
+            nonlocal read
+            read += self.poll(timeout_ms=timeout_ms)
+
+        read_to_end(self.consumer, poll, timeout_s)
+        return read
 
     def close(self) -> None:
         self.consumer.close(autocommit=False)

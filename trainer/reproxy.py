@@ -197,16 +197,21 @@ class ModelPublisher:
         self.proxy_change: float | None = None  # the last re-proxy's movement (ChurnGate)
         self.reproxied_items = 0  # items in the last published re-proxy version
         self._caught_up = False
+        self._bundle: Artifact | None = None  # the last one loaded, kept until a newer one
 
     def newest_bundle(self) -> Artifact | None:
-        """The newest announced bundle, checksum verified (None: none announced yet)."""
+        """The newest announced bundle, checksum verified (None: none announced yet);
+        read from the store only when a newer one was announced."""
         from streams.model_feed import BUNDLE_KEY
 
         if not self._caught_up:
             self.models.catch_up()
             self._caught_up = True
         self.models.poll()
-        return self.models.load(self.models.latest(BUNDLE_KEY))
+        latest = self.models.latest(BUNDLE_KEY)
+        if latest is not None and (self._bundle is None or self._bundle.id != latest.id):
+            self._bundle = self.models.load(latest) or self._bundle
+        return self._bundle
 
     @torch.no_grad()
     def reproxy(self, model, cache: ItemCache, checkpoint: str | None) -> str | None:
